@@ -1,0 +1,582 @@
+"""Compact T5 encoder-decoder for generative recommendation (pure torch, no Lightning).
+
+Our own T5 rather than ``transformers``' T5 because (1) the encoder needs the dual relative
+position bias (across items + within items), which HF's T5 cannot express without patching its
+attention, and (2) fast constrained beam search needs a decoder step that computes the
+cross-attention keys/values once per user and lets all beams of a user attend as extra query
+rows, which HF's cache (K/V per beam, reordered every step) does not do.
+
+It is architecturally T5 v1.0/1.1 so that, with ``position_bias="t5"``, its weights map 1:1 onto
+``transformers.T5ForConditionalGeneration`` (:func:`to_hf_t5`, tested for equal logits):
+pre-norm RMSNorm without bias, no attention scaling (folded into the init), bias-free
+projections, relative position bias computed once and shared by all layers, final norms,
+FFN ``relu`` (T5 v1.0 / TIGER, default) or ``gated-gelu`` (T5 v1.1, tanh GELU).
+
+Decoder: input is the start token (id 0) followed by the target modality's codes as input-table
+tokens (embedding shared with the encoder, as in T5); output is one vocabulary per target level.
+The output table is untied from the input table by default (paper); one weight matrix of
+``sum_l V_l`` rows holds all levels, level ``l`` at rows ``head_offsets[l]:+V_l``. Tied: level l
+reuses the input rows of the target tokens of level l, with T5's ``d_model**-0.5`` scaling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mscg_lightning.errors import MscgError
+
+if TYPE_CHECKING:
+    from transformers import T5ForConditionalGeneration
+
+    from mscg_lightning.stages.genrec.tokens import TokenLayout
+
+
+@dataclass
+class GenRecConfig:
+    """Hyperparameters of :class:`GenRecT5`.
+
+    The paper gives 8 heads x 64 and MLP 2048; it does not give d_model or the layer count, so
+    those follow TIGER (d_model 128, 4 encoder + 4 decoder layers).
+    """
+
+    vocab_size: int
+    target_offsets: tuple[int, ...]  # input id of code 0 at each target level
+    target_sizes: tuple[int, ...]  # output vocabulary size of each target level
+    tokens_per_item: int  # history tokens per item (flat positions for the "t5" bias)
+    d_model: int = 128
+    num_heads: int = 8
+    d_kv: int = 64
+    d_ff: int = 2048
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    dropout: float = 0.1
+    ffn: str = "relu"  # "relu" (T5 v1.0, TIGER) or "gated-gelu" (T5 v1.1)
+    position_bias: str = "dual"  # "dual" (paper) or "t5" (ablation "w/o Pos. Emb.")
+    num_buckets: int = 32  # T5 bias: encoder in "t5" mode, decoder always
+    max_distance: int = 128
+    item_buckets: int = 16  # dual bias across items; item + code buckets = T5's 32
+    item_max_distance: int = 20
+    code_buckets: int = 16  # dual bias within items
+    code_max_distance: int = 16
+    tie_output: bool = False
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        self.target_offsets = tuple(int(o) for o in self.target_offsets)
+        self.target_sizes = tuple(int(s) for s in self.target_sizes)
+        if len(self.target_offsets) != len(self.target_sizes):
+            raise MscgError("genrec target_offsets and target_sizes must have the same length.")
+        if self.ffn not in ("relu", "gated-gelu"):
+            raise MscgError(f"genrec ffn must be 'relu' or 'gated-gelu', got '{self.ffn}'.")
+        if self.position_bias not in ("dual", "t5"):
+            raise MscgError(
+                f"genrec position_bias must be 'dual' or 't5', got '{self.position_bias}'."
+            )
+        for name, buckets, dist in (
+            ("", self.num_buckets, self.max_distance),
+            ("item_", self.item_buckets, self.item_max_distance),
+            ("code_", self.code_buckets, self.code_max_distance),
+        ):
+            # bidirectional T5 bucketing: buckets/4 exact distances, the rest log-spaced up to dist
+            if buckets < 4 or dist <= buckets // 4:
+                raise MscgError(
+                    f"genrec {name}buckets={buckets} needs >= 4 and {name}max_distance={dist} "
+                    f"> {buckets // 4}."
+                )
+
+    @classmethod
+    def from_layout(cls, layout: TokenLayout, **kwargs: object) -> GenRecConfig:
+        """Config whose vocabulary and target levels come from a :class:`TokenLayout`."""
+        return cls(
+            vocab_size=layout.vocab_size,
+            target_offsets=layout.target_offsets,
+            target_sizes=layout.target_sizes,
+            tokens_per_item=layout.tokens_per_item,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def relative_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool) -> Tensor:
+    """T5's bucketing of relative positions (key - query): exact for small, log-spaced for large."""
+    bucket = torch.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = (rel > 0).long() * num_buckets
+        n = rel.abs()
+    else:
+        n = (-rel).clamp(min=0)
+    max_exact = num_buckets // 2
+    large = max_exact + (
+        torch.log(n.clamp(min=1).float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).long()
+    large = large.clamp(max=num_buckets - 1)
+    return bucket + torch.where(n < max_exact, n, large)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, statistics in float32. x: [..., d]."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """T5 FFN: ``wo(drop(relu(wi x)))`` or gated ``wo(drop(gelu(wi_0 x) * wi_1 x))``."""
+
+    def __init__(self, cfg: GenRecConfig) -> None:
+        super().__init__()
+        self.gated = cfg.ffn == "gated-gelu"
+        if self.gated:
+            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        else:
+            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
+        else:
+            h = F.relu(self.wi(x))
+        return self.wo(self.dropout(h))
+
+
+class Attention(nn.Module):
+    """Projections of one T5 attention block; ``split``/``merge`` convert [B, n, H*dk] <-> heads."""
+
+    def __init__(self, cfg: GenRecConfig) -> None:
+        super().__init__()
+        inner = cfg.num_heads * cfg.d_kv
+        self.heads, self.d_kv = cfg.num_heads, cfg.d_kv
+        self.q = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v = nn.Linear(cfg.d_model, inner, bias=False)
+        self.o = nn.Linear(inner, cfg.d_model, bias=False)
+
+    def split(self, x: Tensor) -> Tensor:
+        """[B, n, H*dk] -> [B, H, n, dk]."""
+        return x.view(*x.shape[:-1], self.heads, self.d_kv).transpose(-3, -2)
+
+    @staticmethod
+    def merge(x: Tensor) -> Tensor:
+        """[B, H, n, dk] -> [B, n, H*dk]."""
+        return x.transpose(-3, -2).flatten(-2)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Tensor:
+    """Attention without scaling (T5). q [.., H, Q, dk], k/v [.., H, K, dk], bias [.., H|1, Q, K]."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=1.0
+    )
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention + FFN block. x: [B, S, d], bias: [B|1, H, S, S]."""
+
+    def __init__(self, cfg: GenRecConfig) -> None:
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.p = cfg.dropout
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        h = self.norm1(x)
+        a = self.attn
+        out = _attend(a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h)), bias, self._p())
+        x = x + self.dropout(a.o(a.merge(out)))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+    def _p(self) -> float:
+        return self.p if self.training else 0.0
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention + cross-attention + FFN block."""
+
+    def __init__(self, cfg: GenRecConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.cross_attn = Attention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.norm3 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.p = cfg.dropout
+
+    def _p(self) -> float:
+        return self.p if self.training else 0.0
+
+    def cross_kv(self, enc: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys/values of the encoder output: [B, S, d] -> 2 x [B, H, S, dk]."""
+        a = self.cross_attn
+        return a.split(a.k(enc)), a.split(a.v(enc))
+
+    def forward(
+        self, x: Tensor, self_bias: Tensor, cross: tuple[Tensor, Tensor], cross_mask: Tensor
+    ) -> Tensor:
+        """Teacher-forced pass. x [B, T, d]; self_bias [1, H, T, T] (causal); cross 2 x
+        [B, H, S, dk]; cross_mask [B, 1, 1, S]. Returns [B, T, d]."""
+        a = self.self_attn
+        h = self.norm1(x)
+        out = _attend(a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h)), self_bias, self._p())
+        x = x + self.dropout(a.o(a.merge(out)))
+        c = self.cross_attn
+        out = _attend(c.split(c.q(self.norm2(x))), cross[0], cross[1], cross_mask, self._p())
+        x = x + self.dropout(c.o(c.merge(out)))
+        return x + self.dropout(self.ff(self.norm3(x)))
+
+    def step(
+        self,
+        x: Tensor,
+        cache_k: Tensor | None,
+        cache_v: Tensor | None,
+        self_bias: Tensor,
+        cross: tuple[Tensor, Tensor],
+        cross_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One incremental decoding step for W beams per user (eval mode).
+
+        Args:
+            x: [B, W, d] embeddings of the newest token of each beam.
+            cache_k, cache_v: [B, W, H, t, dk] keys/values of the beams' earlier tokens, or None.
+            self_bias: [1, H, 1, t+1] decoder position bias of the newest position.
+            cross: 2 x [B, H, S, dk], computed once per user and shared by all its beams.
+            cross_mask: [B, 1, 1, S].
+
+        Returns:
+            new x [B, W, d] and the extended caches [B, W, H, t+1, dk].
+        """
+        b, w, _ = x.shape
+        a = self.self_attn
+        h = self.norm1(x)
+        q, k, v = (proj(h).view(b, w, a.heads, 1, a.d_kv) for proj in (a.q, a.k, a.v))
+        cache_k = k if cache_k is None else torch.cat([cache_k, k], dim=3)
+        cache_v = v if cache_v is None else torch.cat([cache_v, v], dim=3)
+        out = _attend(q, cache_k, cache_v, self_bias, 0.0)  # [B, W, H, 1, dk]
+        x = x + a.o(out.reshape(b, w, -1))
+        # Cross-attention: the W beams of a user are W query rows against the user's one K/V.
+        c = self.cross_attn
+        out = _attend(c.split(c.q(self.norm2(x))), cross[0], cross[1], cross_mask, 0.0)
+        x = x + c.o(c.merge(out))
+        return x + self.ff(self.norm3(x)), cache_k, cache_v
+
+
+@dataclass
+class DecoderState:
+    """Incremental decoding state of a batch of B users with W beams each.
+
+    ``cross``: per layer 2 x [B, H, S, dk] (never expanded to beams); ``cross_mask``:
+    [B, 1, 1, S]; ``self_k``/``self_v``: per layer [B, W, H, t, dk] or None before the first step.
+    """
+
+    cross: list[tuple[Tensor, Tensor]]
+    cross_mask: Tensor
+    self_k: list[Tensor | None]
+    self_v: list[Tensor | None]
+    step: int = 0
+
+    def reorder(self, parent: Tensor) -> None:
+        """Keep/duplicate beams: parent LongTensor[B, W'] indexes the current W beams."""
+        idx = parent[:, :, None, None, None]
+        self.self_k = [torch.take_along_dim(k, idx, dim=1) for k in self.self_k]  # type: ignore[arg-type]
+        self.self_v = [torch.take_along_dim(v, idx, dim=1) for v in self.self_v]  # type: ignore[arg-type]
+
+
+def _neg(dtype: torch.dtype) -> float:
+    """Large negative for masked attention logits; finite so fully-masked rows give no NaN."""
+    return torch.finfo(dtype).min / 2
+
+
+class GenRecT5(nn.Module):
+    """T5 encoder-decoder over multimodal code histories that generates target-modality codes.
+
+    Args:
+        cfg: hyperparameters, usually from :meth:`GenRecConfig.from_layout`.
+    """
+
+    def __init__(self, cfg: GenRecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, heads = cfg.d_model, cfg.num_heads
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.encoder_norm = RMSNorm(d, cfg.layer_norm_eps)
+        self.decoder_norm = RMSNorm(d, cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.position_bias == "dual":
+            self.item_bias = nn.Embedding(cfg.item_buckets, heads)
+            self.code_bias = nn.Embedding(cfg.code_buckets, heads)
+        else:
+            self.encoder_bias = nn.Embedding(cfg.num_buckets, heads)
+        self.decoder_bias = nn.Embedding(cfg.num_buckets, heads)
+        sizes = cfg.target_sizes
+        self.head_offsets = tuple(sum(sizes[:level]) for level in range(len(sizes)))
+        self.head = None if cfg.tie_output else nn.Linear(d, sum(sizes), bias=False)
+        self.register_buffer(
+            "target_offsets", torch.tensor(cfg.target_offsets, dtype=torch.long), persistent=False
+        )
+        self.reset_parameters()
+
+    @property
+    def num_levels(self) -> int:
+        """Number of generated codes D = L+1."""
+        return len(self.cfg.target_sizes)
+
+    def reset_parameters(self) -> None:
+        """T5's initialisation (no attention scaling, so q is initialised smaller)."""
+        d, dk, heads = self.cfg.d_model, self.cfg.d_kv, self.cfg.num_heads
+        nn.init.normal_(self.embed.weight, std=1.0)
+        if self.head is not None:
+            # T5 uses std 1.0 for an untied head; d**-0.5 gives unit-scale initial logits.
+            nn.init.normal_(self.head.weight, std=d**-0.5)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                nn.init.normal_(module.q.weight, std=(d * dk) ** -0.5)
+                nn.init.normal_(module.k.weight, std=d**-0.5)
+                nn.init.normal_(module.v.weight, std=d**-0.5)
+                nn.init.normal_(module.o.weight, std=(heads * dk) ** -0.5)
+            elif isinstance(module, FeedForward):
+                for lin in (module.wi_0, module.wi_1) if module.gated else (module.wi,):
+                    nn.init.normal_(lin.weight, std=d**-0.5)
+                nn.init.normal_(module.wo.weight, std=self.cfg.d_ff**-0.5)
+            elif isinstance(module, nn.Embedding) and module is not self.embed:
+                nn.init.normal_(module.weight, std=d**-0.5)  # position biases
+
+    # ----------------------------------------------------------------------------- encoder
+    def encoder_bias_values(self, item_pos: Tensor, code_pos: Tensor) -> Tensor:
+        """Encoder position bias. item_pos/code_pos: [S] or [B, S] -> [1|B, H, S, S]."""
+        item_pos = item_pos.reshape(-1, item_pos.shape[-1])
+        code_pos = code_pos.reshape(-1, code_pos.shape[-1])
+        cfg = self.cfg
+        # relative = key - query in chronological order; item_pos counts back from the newest.
+        rel_item = item_pos[:, :, None] - item_pos[:, None, :]
+        rel_code = code_pos[:, None, :] - code_pos[:, :, None]
+        if cfg.position_bias == "t5":
+            rel = rel_item * cfg.tokens_per_item + rel_code
+            values = self.encoder_bias(
+                relative_bucket(rel, cfg.num_buckets, cfg.max_distance, True)
+            )
+        else:
+            values = self.item_bias(
+                relative_bucket(rel_item, cfg.item_buckets, cfg.item_max_distance, True)
+            ) + self.code_bias(
+                relative_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance, True)
+            )
+        return values.permute(0, 3, 1, 2)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor, item_pos: Tensor, code_pos: Tensor
+    ) -> Tensor:
+        """Encode histories.
+
+        Args:
+            input_ids: LongTensor[B, S]; attention_mask: BoolTensor[B, S] (True = token);
+            item_pos, code_pos: LongTensor[S] or [B, S] (see ``tokens.EncoderInputs``).
+
+        Returns:
+            FloatTensor[B, S, d_model].
+        """
+        x = self.dropout(self.embed(input_ids))
+        bias = self.encoder_bias_values(item_pos, code_pos)
+        pad = torch.where(attention_mask, 0.0, _neg(bias.dtype))[:, None, None, :]
+        bias = bias + pad  # [B, H, S, S], shared by every layer as in T5
+        for layer in self.encoder_layers:
+            x = layer(x, bias)
+        return self.dropout(self.encoder_norm(x))
+
+    # ----------------------------------------------------------------------------- decoder
+    def decoder_bias_values(self, length: int, device: torch.device) -> Tensor:
+        """Causal T5 decoder bias [1, H, T, T] (future keys masked)."""
+        pos = torch.arange(length, device=device)
+        rel = pos[None, :] - pos[:, None]
+        cfg = self.cfg
+        values = self.decoder_bias(relative_bucket(rel, cfg.num_buckets, cfg.max_distance, False))
+        values = values.permute(2, 0, 1)[None]
+        return values.masked_fill(rel[None, None] > 0, _neg(values.dtype))
+
+    def code_token_ids(self, codes: Tensor, level: int | Tensor) -> Tensor:
+        """Input-table ids of target codes at ``level``: LongTensor[...] -> LongTensor[...]."""
+        return codes + self.target_offsets[level]
+
+    def decoder_input_ids(self, target_codes: Tensor) -> Tensor:
+        """Teacher-forcing inputs: [B, D] codes -> [B, D] ids (start token, then c_0..c_{D-2})."""
+        ids = target_codes[:, :-1] + self.target_offsets[:-1]
+        return torch.cat([torch.zeros_like(target_codes[:, :1]), ids], dim=1)
+
+    def head_weight(self, level: int) -> Tensor:
+        """Output rows of ``level``: [V_l, d] (scaled by d**-0.5 when tied, as T5 does)."""
+        size = self.cfg.target_sizes[level]
+        if self.head is None:
+            start = self.cfg.target_offsets[level]
+            return self.embed.weight[start : start + size] * self.cfg.d_model**-0.5
+        start = self.head_offsets[level]
+        return self.head.weight[start : start + size]
+
+    def level_logits(self, hidden: Tensor, level: int) -> Tensor:
+        """Logits over level ``level``'s codes: [..., d] -> [..., V_l]."""
+        return F.linear(hidden, self.head_weight(level))
+
+    def decode(self, enc: Tensor, attention_mask: Tensor, target_codes: Tensor) -> Tensor:
+        """Teacher-forced decoder.
+
+        Args:
+            enc: [B, S, d] encoder output; attention_mask: BoolTensor[B, S];
+            target_codes: LongTensor[B, D].
+
+        Returns:
+            logits FloatTensor[B, D, V_max]; level l's columns beyond V_l are -inf.
+        """
+        x = self.dropout(self.embed(self.decoder_input_ids(target_codes)))
+        depth = target_codes.shape[1]
+        self_bias = self.decoder_bias_values(depth, x.device)
+        cross_mask = torch.where(attention_mask, 0.0, _neg(x.dtype))[:, None, None, :]
+        for layer in self.decoder_layers:
+            x = layer(x, self_bias, layer.cross_kv(enc), cross_mask)
+        x = self.dropout(self.decoder_norm(x))
+        v_max = max(self.cfg.target_sizes)
+        logits = x.new_full((x.shape[0], depth, v_max), float("-inf"))
+        for level in range(depth):
+            logits[:, level, : self.cfg.target_sizes[level]] = self.level_logits(x[:, level], level)
+        return logits
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        item_pos: Tensor,
+        code_pos: Tensor,
+        target_codes: Tensor,
+    ) -> Tensor:
+        """Teacher-forced logits [B, D, V_max] of the target codes [B, D] given histories."""
+        enc = self.encode(input_ids, attention_mask, item_pos, code_pos)
+        return self.decode(enc, attention_mask, target_codes)
+
+    def start_decoding(self, enc: Tensor, attention_mask: Tensor) -> DecoderState:
+        """Decoding state with each layer's cross K/V computed once: enc [B, S, d]."""
+        cross_mask = torch.where(attention_mask, 0.0, _neg(enc.dtype))[:, None, None, :]
+        n = len(self.decoder_layers)
+        return DecoderState(
+            cross=[layer.cross_kv(enc) for layer in self.decoder_layers],
+            cross_mask=cross_mask,
+            self_k=[None] * n,
+            self_v=[None] * n,
+        )
+
+    def decode_step(self, state: DecoderState, tokens: Tensor) -> Tensor:
+        """Feed one token per beam and return the final hidden state (eval mode).
+
+        Args:
+            state: decoding state (updated in place: caches grow by one position).
+            tokens: LongTensor[B, W] input ids (the start token 0 at step 0).
+
+        Returns:
+            FloatTensor[B, W, d_model]; ``level_logits(h, state.step - 1)`` scores the next code.
+        """
+        t = state.step
+        x = self.embed(tokens)
+        bias = self.decoder_bias_values(t + 1, x.device)[:, :, t : t + 1, :]  # [1, H, 1, t+1]
+        for i, layer in enumerate(self.decoder_layers):
+            x, state.self_k[i], state.self_v[i] = layer.step(
+                x, state.self_k[i], state.self_v[i], bias, state.cross[i], state.cross_mask
+            )
+        state.step = t + 1
+        return self.decoder_norm(x)
+
+
+def to_hf_t5(model: GenRecT5) -> T5ForConditionalGeneration:
+    """Copy a ``position_bias="t5"`` model into ``transformers.T5ForConditionalGeneration``.
+
+    The HF vocabulary is our input vocabulary; ``lm_head`` row ``target_offsets[l] + c`` holds our
+    output row for (level l, code c) and every other row is zero, so HF's logits at step l equal
+    ours on the tokens a prefix constraint allows. HF's EOS is id 0 (never allowed), so beams end
+    by length. Used by the decode-speed benchmark's baseline and its equivalence test.
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = model.cfg
+    if cfg.position_bias != "t5":
+        raise MscgError("only a genrec model with position_bias='t5' maps onto HF T5 weights.")
+    hf_cfg = T5Config(
+        vocab_size=cfg.vocab_size,
+        d_model=cfg.d_model,
+        d_kv=cfg.d_kv,
+        d_ff=cfg.d_ff,
+        num_layers=cfg.encoder_layers,
+        num_decoder_layers=cfg.decoder_layers,
+        num_heads=cfg.num_heads,
+        relative_attention_num_buckets=cfg.num_buckets,
+        relative_attention_max_distance=cfg.max_distance,
+        dropout_rate=cfg.dropout,
+        layer_norm_epsilon=cfg.layer_norm_eps,
+        feed_forward_proj=cfg.ffn,
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=0,
+    )
+    hf = T5ForConditionalGeneration(hf_cfg)
+    sd: dict[str, Tensor] = {"shared.weight": model.embed.weight}
+    sd["encoder.embed_tokens.weight"] = model.embed.weight
+    sd["decoder.embed_tokens.weight"] = model.embed.weight
+
+    def attn(prefix: str, a: Attention) -> None:
+        for name in ("q", "k", "v", "o"):
+            sd[f"{prefix}.{name}.weight"] = getattr(a, name).weight
+
+    def ff(prefix: str, f: FeedForward) -> None:
+        names = ("wi_0", "wi_1", "wo") if f.gated else ("wi", "wo")
+        for name in names:
+            sd[f"{prefix}.DenseReluDense.{name}.weight"] = getattr(f, name).weight
+
+    for i, layer in enumerate(model.encoder_layers):
+        p = f"encoder.block.{i}.layer"
+        attn(f"{p}.0.SelfAttention", layer.attn)
+        sd[f"{p}.0.layer_norm.weight"] = layer.norm1.weight
+        ff(f"{p}.1", layer.ff)
+        sd[f"{p}.1.layer_norm.weight"] = layer.norm2.weight
+    for i, layer in enumerate(model.decoder_layers):
+        p = f"decoder.block.{i}.layer"
+        attn(f"{p}.0.SelfAttention", layer.self_attn)
+        sd[f"{p}.0.layer_norm.weight"] = layer.norm1.weight
+        attn(f"{p}.1.EncDecAttention", layer.cross_attn)
+        sd[f"{p}.1.layer_norm.weight"] = layer.norm2.weight
+        ff(f"{p}.2", layer.ff)
+        sd[f"{p}.2.layer_norm.weight"] = layer.norm3.weight
+    sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+        model.encoder_bias.weight
+    )
+    sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+        model.decoder_bias.weight
+    )
+    sd["encoder.final_layer_norm.weight"] = model.encoder_norm.weight
+    sd["decoder.final_layer_norm.weight"] = model.decoder_norm.weight
+    lm_head = torch.zeros(cfg.vocab_size, cfg.d_model)
+    for level, (start, size) in enumerate(zip(cfg.target_offsets, cfg.target_sizes)):
+        lm_head[start : start + size] = model.head_weight(level).detach()
+    sd["lm_head.weight"] = lm_head
+    missing, unexpected = hf.load_state_dict(
+        {k: v.detach().clone() for k, v in sd.items()}, strict=False
+    )
+    if unexpected or missing:
+        raise RuntimeError(f"HF T5 export mismatch: missing {missing}, unexpected {unexpected}")
+    return hf.eval()

@@ -90,7 +90,8 @@ class RetrievalMetrics(Metric):
         self.user_idx.append(user_idx.long())
 
     def _unique_ranks(self) -> Tensor:
-        if not self.ranks:
+        # A list before a DDP sync, one concatenated tensor after it.
+        if isinstance(self.ranks, list) and not self.ranks:
             return torch.zeros(0, dtype=torch.long)
         ranks = dim_zero_cat(self.ranks)
         users = dim_zero_cat(self.user_idx)

@@ -119,7 +119,11 @@ class RQDino(nn.Module):
 
         def head(out_dim: int) -> DINOHead:
             return DINOHead(
-                self.embed_dim, out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_layers
+                self.embed_dim,
+                out_dim,
+                cfg.head_hidden_dim,
+                cfg.head_bottleneck_dim,
+                cfg.head_layers,
             )
 
         ibot_dim = cfg.ibot_n_prototypes or cfg.n_prototypes
@@ -159,7 +163,9 @@ class RQDino(nn.Module):
             self._mask_samplers[grid] = IBOTMaskSampler(grid, cfg.mask_ratio, cfg.mask_probability)
         return self._mask_samplers[grid](n_images).to(device)
 
-    def training_losses(self, batch: dict[str, Tensor], teacher_temp: float = 0.07) -> dict[str, Tensor]:
+    def training_losses(
+        self, batch: dict[str, Tensor], teacher_temp: float = 0.07
+    ) -> dict[str, Tensor]:
         """All loss terms of one step (paper Eq. 5).
 
         Args:
@@ -320,7 +326,9 @@ def post_hoc_embeddings(
     try:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pixels = chunk if isinstance(chunk, Tensor) else torch.stack([transform(im) for im in chunk])
+            pixels = (
+                chunk if isinstance(chunk, Tensor) else torch.stack([transform(im) for im in chunk])
+            )
             cls = backbone(pixel_values=pixels.to(device)).pooler_output
             out.append(cls.float().cpu())
     finally:

@@ -573,10 +573,14 @@ def to_hf_t5(model: GenRecT5) -> T5ForConditionalGeneration:
     lm_head = torch.zeros(cfg.vocab_size, cfg.d_model)
     for level, (start, size) in enumerate(zip(cfg.target_offsets, cfg.target_sizes)):
         lm_head[start : start + size] = model.head_weight(level).detach()
-    sd["lm_head.weight"] = lm_head
     missing, unexpected = hf.load_state_dict(
         {k: v.detach().clone() for k, v in sd.items()}, strict=False
     )
-    if unexpected or missing:
+    if unexpected or set(missing) - {"lm_head.weight"}:
         raise RuntimeError(f"HF T5 export mismatch: missing {missing}, unexpected {unexpected}")
+    # transformers 5 always ties lm_head to the shared embedding; a new Parameter unties it
+    # (tie_word_embeddings=False above already turned off the tied-head output scaling).
+    hf.lm_head.weight = nn.Parameter(lm_head)
+    if hf.config.scale_decoder_outputs:
+        raise RuntimeError("HF T5 export expects scale_decoder_outputs=False")
     return hf.eval()

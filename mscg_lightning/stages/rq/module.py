@@ -282,7 +282,9 @@ class RQModule(LightningModule):
                 meta = f.metadata() or {}
             state = load_file(str(path))
         except Exception as err:  # safetensors raises several types for a corrupt file
-            raise MscgError(f"Codebook file {path} is not a readable safetensors file ({err}).")
+            raise MscgError(
+                f"Codebook file {path} is not a readable safetensors file ({err})."
+            ) from err
         if _META_KEY not in meta:
             raise MscgError(f"Codebook file {path} was not written by RQModule.save_codebooks.")
         module = cls(**json.loads(meta[_META_KEY]))

@@ -229,7 +229,9 @@ class ResidualQuantizer(nn.Module):
         """
         k = self.codebook_size
         counts = _all_reduce_sum(torch.bincount(codes, minlength=k).float())
-        sums = _all_reduce_sum(torch.zeros_like(self.codebooks[level]).index_add_(0, codes, residual))
+        sums = _all_reduce_sum(
+            torch.zeros_like(self.codebooks[level]).index_add_(0, codes, residual)
+        )
         if first:
             # Start the EMA at the init shares scaled to this batch size, so that the first
             # batch neither erases the k-means init nor marks every unseen code dead.
@@ -421,7 +423,9 @@ def _load(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor
             meta = f.metadata() or {}
         state = load_file(str(path))
     except Exception as err:  # safetensors raises several types for a corrupt file
-        raise MscgError(f"Quantizer file {path} is not a readable safetensors file ({err}).")
+        raise MscgError(
+            f"Quantizer file {path} is not a readable safetensors file ({err})."
+        ) from err
     if _META_KEY not in meta:
         raise MscgError(f"Quantizer file {path} has no '{_META_KEY}' metadata.")
     config = json.loads(meta[_META_KEY])
@@ -439,4 +443,3 @@ def load_quantizer(path: str | Path) -> ResidualQuantizer | RQVAE:
     except Exception:
         kind = None  # _load below produces the user-facing message
     return RQVAE.from_file(path) if kind == "rqvae" else ResidualQuantizer.from_file(path)
-

@@ -103,7 +103,9 @@ def test_collate_builds_crop_major_batches_with_masks():
     assert batch["masks"].shape == (2, 3, 16) and batch["masks"].dtype == torch.bool
     assert torch.equal(batch["global_crops"][1, 2], samples[2]["global_crops"][1])
     assert torch.equal(batch["local_crops"][0, 1], samples[1]["local_crops"][0])
-    no_local = collate_multicrop([{"global_crops": s["global_crops"], "local_crops": []} for s in samples])
+    no_local = collate_multicrop(
+        [{"global_crops": s["global_crops"], "local_crops": []} for s in samples]
+    )
     assert "local_crops" not in no_local and "masks" not in no_local
 
 

@@ -84,9 +84,7 @@ def test_collectives_with_a_one_rank_process_group_match_single_process(tmp_path
 def test_ibot_loss_averages_patches_per_image_over_all_images():
     torch.manual_seed(4)
     n, p, k = 3, 5, 6
-    masks = torch.tensor(
-        [[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.bool
-    )
+    masks = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 0, 0]], dtype=torch.bool)
     m = int(masks.sum())
     s, t = torch.randn(m, k), torch.softmax(torch.randn(m, k), -1)
     loss = IBOTPatchLoss(k, student_temp=0.1)(s, t, masks)

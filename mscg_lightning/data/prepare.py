@@ -1,0 +1,426 @@
+"""The `prepare` stage: raw data -> the `prepared/` artifact (see ARCHITECTURE.md).
+
+Steps, the same for every layout (adapters only read; see adapters.py):
+1. read the raw layout into `RawData` (ids mapped to catalogue rows, bad rows counted);
+2. optional filters: `min_rating`, `drop_items_without_image`;
+3. dedup of items whose image files are byte-identical: every such item maps to the smallest
+   catalogue row of its group (`dedup_images`);
+4. iterative k-core: users and items with fewer than `k_core` interactions are removed, repeated
+   until nothing changes. Users also need 3 interactions (train / valid / test), so the user
+   threshold is ``max(k_core, 3)``;
+5. dense ids: `item_idx` follows the catalogue order (the layout's own item numbering where it
+   has one, else raw ids in natural order), `user_idx` the natural order of raw user ids;
+6. chronological order per user: by timestamp, ties and layouts without timestamps keep the file
+   order. Repeated interactions with the same item are kept (re-purchases, re-watches are real);
+7. leave-one-out: train = all but the last two items, valid target = second to last, test target
+   = last; histories are the last `max_history` items before the target.
+
+Everything is vectorised numpy/pyarrow: no Python loop per interaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mscg_lightning.artifacts import Manifest, write_json, write_shards
+from mscg_lightning.data.adapters import ADAPTERS, RawData
+from mscg_lightning.errors import MscgError
+
+AdapterName = Literal[
+    "recbole", "amazon2014", "amazon2018", "unisrec", "amazon2023", "pixelrec", "ml100k_wheel"
+]
+
+
+@dataclass
+class PrepareConfig:
+    """How to turn one raw data set into the `prepared/` artifact.
+
+    Args:
+        adapter: Raw layout: recbole (atomic files), amazon2014 (P5/S3Rec), amazon2018
+            (MQL4GRec), unisrec, amazon2023 (reviews/meta JSONL + images), pixelrec (CSV +
+            covers), ml100k_wheel (ml-100k from the recbole PyPI wheel, the embedded default).
+        path: Dataset folder, relative to data_root unless absolute. For ml100k_wheel: the
+            cache folder (null: $MSCG_CACHE or ~/.cache/mscg_lightning).
+        dataset: File stem where the layout needs one (Beauty, Instruments, Scientific,
+            ml-100k); null guesses it from the single matching file in the folder.
+        k_core: Iterative k-core threshold for users and items (0 or 1 disables it; users
+            always need 3 interactions for leave-one-out).
+        max_history: Items kept in valid/test histories (the last ones before the target).
+        target_mode: per_item (every train position is a target, Amazon protocol) or last_item
+            (only a sequence's last item, PixelRec protocol); recorded for the DataModules.
+        rows_per_shard: Rows per Parquet shard of every output table.
+        dedup_images: Map items whose image files are byte-identical to one item (the smallest
+            catalogue row); only for layouts with images.
+        drop_items_without_image: Drop interactions with items that have no (non-empty) image
+            file, the paper's Amazon protocol.
+        min_rating: Keep only interactions rated at least this (layouts with ratings); null
+            keeps all.
+        on_unknown_items: error (default) or drop (counted in stats.json) for interactions
+            whose item is not in the layout's item table.
+        allow_items_without_content: Keep items that have no text, no image and no given
+            embedding or codes instead of failing.
+        given_codes: {name: file} code files (JSON {item: ["<a_1>", ...]}) stored as
+            codes_<name>; null: the layout's default (amazon2018: <dataset>.index_*.json).
+        given_embeddings: {name: file} float32 feature files stored as emb_<name>; null: the
+            layout's default (unisrec: text=<dataset>.feat1CLS, image=<dataset>.feat3CLS).
+        interactions_file: Override of the interactions file name (relative to path).
+        items_file: Override of the item table file name (relative to path).
+        image_dir: Override of the image folder (relative to path; amazon2023: images,
+            pixelrec: cover).
+    """
+
+    adapter: AdapterName
+    path: str | None = None
+    dataset: str | None = None
+    k_core: int = 5
+    max_history: int = 20
+    target_mode: Literal["per_item", "last_item"] = "per_item"
+    rows_per_shard: int = 1_000_000
+    dedup_images: bool = True
+    drop_items_without_image: bool = False
+    min_rating: float | None = None
+    on_unknown_items: Literal["error", "drop"] = "error"
+    allow_items_without_content: bool = False
+    given_codes: dict[str, str] | None = None
+    given_embeddings: dict[str, str] | None = None
+    interactions_file: str | None = None
+    items_file: str | None = None
+    image_dir: str | None = None
+
+    def validate(self) -> None:
+        """Raise MscgError for values no layout can use."""
+        if self.adapter not in ADAPTERS:
+            raise MscgError(f"prepare.adapter '{self.adapter}' is not one of {sorted(ADAPTERS)}.")
+        if self.k_core < 0:
+            raise MscgError(f"prepare.k_core must be >= 0, got {self.k_core}.")
+        if self.max_history < 1:
+            raise MscgError(f"prepare.max_history must be >= 1, got {self.max_history}.")
+        if self.rows_per_shard < 1:
+            raise MscgError(f"prepare.rows_per_shard must be >= 1, got {self.rows_per_shard}.")
+        if self.target_mode not in ("per_item", "last_item"):
+            raise MscgError(f"prepare.target_mode '{self.target_mode}' is not per_item/last_item.")
+        if self.on_unknown_items not in ("error", "drop"):
+            raise MscgError(f"prepare.on_unknown_items '{self.on_unknown_items}' is not error/drop.")
+        if self.path is None and self.adapter != "ml100k_wheel":
+            raise MscgError(f"prepare.path is required for adapter '{self.adapter}'.")
+
+
+def resolve_folder(cfg: PrepareConfig, data_root: Path) -> Path:
+    """The dataset folder: `path` (relative to `data_root` unless absolute), or the wheel cache."""
+    if cfg.path is None:
+        from mscg_lightning.data.recbole_wheel import cache_dir
+
+        return cache_dir()
+    path = Path(cfg.path).expanduser()
+    return path if path.is_absolute() else Path(data_root) / path
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure array steps (unit-tested alone)
+
+
+def kcore_mask(
+    user: np.ndarray, item: np.ndarray, user_min: int, item_min: int
+) -> tuple[np.ndarray, int]:
+    """Iterative k-core over interactions `user` [N], `item` [N] (dense int ids).
+
+    Returns (keep [N] bool, passes): passes counts the rounds, the last of which removed nothing.
+    """
+    n_users = int(user.max()) + 1 if len(user) else 0
+    n_items = int(item.max()) + 1 if len(item) else 0
+    idx = np.arange(len(user))
+    u, i = user, item
+    passes = 0
+    while True:
+        passes += 1
+        ok = (np.bincount(u, minlength=n_users)[u] >= user_min) & (
+            np.bincount(i, minlength=n_items)[i] >= item_min
+        )
+        if ok.all():
+            break
+        idx, u, i = idx[ok], u[ok], i[ok]  # shrink: later rounds touch only survivors
+    keep = np.zeros(len(user), dtype=bool)
+    keep[idx] = True
+    return keep, passes
+
+
+def image_representatives(image_paths: pa.Array) -> np.ndarray:
+    """rep [n_items] int64: for items whose image files are byte-identical, the smallest row.
+
+    Items without an image (null path) map to themselves.
+    """
+    paths = image_paths.to_pylist()
+    rep = np.arange(len(paths), dtype=np.int64)
+    first: dict[bytes, int] = {}
+    for row, path in enumerate(paths):  # one step per item with an image: I/O bound anyway
+        if path is None:
+            continue
+        try:
+            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
+        except OSError as err:
+            raise MscgError(f"cannot read the image {path}: {err.strerror}.") from err
+        rep[row] = first.setdefault(digest, row)
+    return rep
+
+
+def _ragged_take(values: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.ListArray:
+    """list<int32> whose row r is values[start[r]:end[r]] (vectorised gather)."""
+    lengths = (end - start).astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    idx = np.repeat(start - offsets[:-1], lengths) + np.arange(offsets[-1])
+    flat = pa.array(values[idx].astype(np.int32, copy=False), pa.int32())
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
+
+
+def leave_one_out(
+    user: np.ndarray, item: np.ndarray, num_users: int, max_history: int
+) -> dict[str, pa.Table]:
+    """Train/valid/test tables from interactions sorted by (user, time).
+
+    `user` [N] must be sorted dense ids in [0, num_users) with >= 3 interactions each, `item`
+    [N] the items in that order. train: `user_idx`, `items` (all but the last two); valid:
+    `user_idx`, `history` (<= max_history items before the target), `target` (second to
+    last); test: the same with the last item as target (the valid target is in its history).
+    """
+    counts = np.bincount(user, minlength=num_users)
+    if (counts < 3).any():
+        raise ValueError("leave_one_out needs >= 3 interactions per user")
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    user_idx = pa.array(np.arange(num_users, dtype=np.int32))
+    train = pa.table({"user_idx": user_idx, "items": _ragged_take(item, starts, ends - 2)})
+    out = {"train": train}
+    for name, target_pos in (("valid", ends - 2), ("test", ends - 1)):
+        hist_start = np.maximum(starts, target_pos - max_history)
+        out[name] = pa.table(
+            {
+                "user_idx": user_idx,
+                "history": _ragged_take(item, hist_start, target_pos),
+                "target": pa.array(item[target_pos].astype(np.int32)),
+            }
+        )
+    return out
+
+
+def _dense(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept ids in ascending order, new dense id per old id or -1)."""
+    used = np.zeros(size, dtype=bool)
+    used[values] = True
+    kept = np.flatnonzero(used)
+    remap = np.full(size, -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    return kept, remap
+
+
+def _count(dropped: dict[str, int], reason: str, n: int) -> None:
+    if n:
+        dropped[reason] = dropped.get(reason, 0) + int(n)
+
+
+def _has_value(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.is_valid(column).to_numpy(zero_copy_only=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str) -> Manifest:
+    """Read raw data, write the prepared/ tables + stats.json + manifest.json into `out_dir`.
+
+    `out_dir` is an empty temporary directory made by the caller (``atomic_artifact``), which
+    renames it into place on success and deletes it on error. Returns the written manifest.
+    """
+    cfg.validate()
+    out_dir = Path(out_dir)
+    folder = resolve_folder(cfg, Path(data_root))
+    if cfg.adapter != "ml100k_wheel" and not folder.is_dir():
+        raise MscgError(f"the dataset folder {folder} does not exist (prepare.path).")
+    raw: RawData = ADAPTERS[cfg.adapter](cfg, folder)
+    dropped = dict(raw.rows_dropped)
+    n_raw_users = int(len(np.unique(raw.user)))
+    user, item, time = raw.user, raw.item, raw.time
+    items = raw.items
+    n_catalogue = items.num_rows
+    if len(user) == 0:
+        raise MscgError(f"{raw.source_files[0]} yields no usable interactions.")
+
+    def keep_rows(mask: np.ndarray, reason: str) -> None:
+        nonlocal user, item, time
+        _count(dropped, reason, (~mask).sum())
+        user, item = user[mask], item[mask]
+        time = time[mask] if time is not None else None
+
+    if cfg.min_rating is not None:
+        if raw.rating is None:
+            raise MscgError(
+                f"prepare.min_rating is set but {raw.source_files[0]} has no rating column."
+            )
+        keep_rows(raw.rating >= cfg.min_rating, "rating_below_min_rating")
+    has_images = "image_path" in items.column_names
+    if cfg.drop_items_without_image:
+        if not has_images:
+            raise MscgError(f"prepare.drop_items_without_image: layout '{cfg.adapter}' has no images.")
+        keep_rows(_has_value(items.column("image_path"))[item], "item_without_image")
+    merged = 0
+    if cfg.dedup_images and has_images:
+        rep = image_representatives(items.column("image_path"))
+        merged = int((rep != np.arange(n_catalogue)).sum())
+        item = rep[item]
+
+    # k-core on compact ids (bincount sizes follow the ids in use).
+    keep, passes = kcore_mask(user, item, max(cfg.k_core, 3), max(cfg.k_core, 1))
+    keep_rows(keep, "k_core")
+    if len(user) == 0:
+        raise MscgError(
+            f"no user keeps {max(cfg.k_core, 3)} interactions after the {cfg.k_core}-core of "
+            f"{raw.source_files[0]}; lower prepare.k_core."
+        )
+    kept_items, item_map = _dense(item, n_catalogue)
+    kept_users, user_map = _dense(user, len(raw.user_ids))
+    item = item_map[item]
+    user = user_map[user]
+    items = items.take(pa.array(kept_items))
+    _check_content(items, raw, cfg)
+
+    order = np.argsort(user, kind="stable") if time is None else np.lexsort((time, user))
+    user, item = user[order], item[order]
+    splits = leave_one_out(user, item, len(kept_users), cfg.max_history)
+
+    items_table = pa.table(
+        {"item_idx": pa.array(np.arange(len(kept_items), dtype=np.int32)), **{
+            name: items.column(name) for name in items.column_names
+        }}
+    )  # fmt: skip
+    users_table = pa.table(
+        {
+            "user_idx": pa.array(np.arange(len(kept_users), dtype=np.int32)),
+            "user_id": raw.user_ids.take(pa.array(kept_users)),
+        }
+    )
+    for name, table in (("items", items_table), ("users", users_table), *splits.items()):
+        write_shards(table, out_dir / name, cfg.rows_per_shard)
+
+    n_users, n_items, n_inter = len(kept_users), len(kept_items), len(user)
+    given_emb = {
+        c[4:]: items.schema.field(c).type.list_size
+        for c in items.column_names
+        if c.startswith("emb_")
+    }
+    given_codes = {}
+    for c in items.column_names:
+        if c.startswith("codes_"):
+            lengths = pc.list_value_length(items.column(c)).drop_null()
+            given_codes[c[6:]] = int(pc.max(lengths).as_py() or 0)
+    lengths = np.bincount(user, minlength=n_users)
+    stats = {
+        "adapter": cfg.adapter,
+        "dataset": raw.dataset,
+        "source_files": [str(p) for p in raw.source_files],
+        "users": n_users,
+        "items": n_items,
+        "interactions": n_inter,
+        "sparsity": 1.0 - n_inter / (n_users * n_items),
+        "rows_read": raw.rows_read,
+        "rows_dropped": dict(sorted(dropped.items())),
+        "item_rows_dropped": dict(sorted(raw.item_rows_dropped.items())),
+        "catalogue_items": n_catalogue,
+        "items_merged_identical_image": merged,
+        "users_dropped": n_raw_users - n_users,
+        "k_core": cfg.k_core,
+        "k_core_passes": passes,
+        "min_user_interactions": max(cfg.k_core, 3),
+        "coverage": _coverage(items, raw.text_columns),
+        "sequence_length": {
+            "min": int(lengths.min()),
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+        },
+        "max_history": cfg.max_history,
+        "target_mode": cfg.target_mode,
+        "config": asdict(cfg),
+    }
+    write_json(out_dir / "stats.json", stats)
+    manifest = Manifest(
+        stage="prepare",
+        config_hash=config_hash,
+        rows={
+            "users": n_users,
+            "items": n_items,
+            "interactions": n_inter,
+            **{name: t.num_rows for name, t in splits.items()},
+        },
+        extra={
+            "num_items": n_items,
+            "num_users": n_users,
+            "max_history": cfg.max_history,
+            "target_mode": cfg.target_mode,
+            "text_columns": list(raw.text_columns),
+            "given_embeddings": given_emb,
+            "given_codes": given_codes,
+            "image_column": "image_path" if has_images else None,
+            "dataset": raw.dataset,
+            "adapter": cfg.adapter,
+        },
+    )
+    manifest.write(out_dir)
+    return manifest
+
+
+def _content_mask(items: pa.Table, text_columns: list[str]) -> dict[str, np.ndarray]:
+    """Per-modality "has it" masks [n_items] over the item table."""
+    n = items.num_rows
+    masks: dict[str, np.ndarray] = {}
+    text = np.zeros(n, dtype=bool)
+    for name in text_columns:
+        masks[f"text_{name}"] = _has_value(items.column(name))
+        text |= masks[f"text_{name}"]
+    masks["text"] = text
+    masks["image"] = (
+        _has_value(items.column("image_path")) if "image_path" in items.column_names
+        else np.zeros(n, dtype=bool)
+    )  # fmt: skip
+    for name in items.column_names:
+        if name.startswith(("emb_", "codes_")):
+            masks[name] = _has_value(items.column(name))
+    return masks
+
+
+def _coverage(items: pa.Table, text_columns: list[str]) -> dict[str, float]:
+    n = max(items.num_rows, 1)
+    return {k: float(v.sum()) / n for k, v in _content_mask(items, text_columns).items()}
+
+
+def _check_content(items: pa.Table, raw: RawData, cfg: PrepareConfig) -> None:
+    """Items with no text, no image, no given embedding and no given codes are an error."""
+    if cfg.allow_items_without_content:
+        return
+    masks = _content_mask(items, raw.text_columns)
+    has = np.zeros(items.num_rows, dtype=bool)
+    for name in ("text", "image"):
+        has |= masks[name]
+    for name, mask in masks.items():
+        if name.startswith(("emb_", "codes_")):
+            has |= mask
+    if not has.all():
+        bad = np.flatnonzero(~has)
+        first = items.column("item_id")[int(bad[0])].as_py()
+        files = ", ".join(str(p) for p in raw.source_files[1:]) or str(raw.source_files[0])
+        raise MscgError(
+            f"item '{first}' has no text and no image in {files} ({len(bad)} items in all); "
+            "set prepare.allow_items_without_content: true to keep such items."
+        )
+
+
+def config_for(adapter: str, path: str | Path | None = None, **kwargs: object) -> PrepareConfig:
+    """A PrepareConfig with defaults (convenience for tests and scripts)."""
+    return replace(PrepareConfig(adapter=adapter), path=None if path is None else str(path), **kwargs)  # type: ignore[arg-type]

@@ -9,13 +9,22 @@ A chain config is a YAML file with top-level keys ``name``, ``run_dir``, ``data_
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from mscg_lightning.pipeline import LIGHTNING_STAGES, RQ_STAGES
+
+
+class ChainParser(LightningArgumentParser):
+    """Prints a bad config's error in a few lines (the full usage has hundreds), then exits 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+        sys.exit(2)
 
 
 def _add_lightning_section(parser: LightningArgumentParser, prefix: str) -> None:
@@ -38,7 +47,7 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
     from mscg_lightning.data.prepare import PrepareConfig
     from mscg_lightning.stages.text.stage import ImageEmbedConfig, TextEmbedConfig
 
-    parser = LightningArgumentParser(prog=prog, description=__doc__)
+    parser = ChainParser(prog=prog, description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="chain config file(s), merged in order")
     parser.add_argument("--name", type=str, default="run", help="name of the run (reports, logs)")
     parser.add_argument("--run_dir", type=str, default="runs/default", help="all artifacts go here")

@@ -167,8 +167,13 @@ def blank_to_null(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     column = column.cast(pa.string())
-    blank = pc.fill_null(pc.match_substring_regex(column, r"^\s*$"), False)
+    blank = pc.fill_null(_is_blank(column), False)
     return pc.if_else(blank, pa.scalar(None, pa.string()), column)
+
+
+def _is_blank(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """True where a string is empty or whitespace only (cheaper than a regex on 10M rows)."""
+    return pc.or_(pc.equal(pc.binary_length(column), 0), pc.utf8_is_space(column))
 
 
 def join_list(column: pa.Array | pa.ChunkedArray, sep: str) -> pa.Array:
@@ -319,7 +324,7 @@ def drop_missing(
         col = table.column(column)
         missing = pc.is_null(col)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            missing = pc.or_(missing, pc.fill_null(pc.match_substring_regex(col, r"^\s*$"), True))
+            missing = pc.or_(missing, pc.fill_null(_is_blank(col), True))
         n = pc.sum(missing).as_py() or 0
         if n:
             dropped[reason] = dropped.get(reason, 0) + n

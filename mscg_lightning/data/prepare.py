@@ -170,6 +170,27 @@ def image_representatives(image_paths: pa.Array) -> np.ndarray:
     return rep
 
 
+def chronological_order(user: np.ndarray, time: np.ndarray | None) -> np.ndarray:
+    """Permutation sorting interactions by (user, time); ties keep their original row order.
+
+    `user` [N] dense ints, `time` [N] float64 or None (None: the rows are already chronological).
+    """
+    if time is None:
+        return np.argsort(user, kind="stable")
+    if len(user) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t_min, t_max = float(time.min()), float(time.max())
+    user_bits = max(int(user.max()).bit_length(), 1)
+    span = t_max - t_min
+    # Integral timestamps (seconds, ms) fit with the user id into one int64 key: one stable
+    # argsort instead of a two-key sort (about 2x faster on 10M rows).
+    if span < 2.0 ** min(62 - user_bits, 53) and np.array_equal(time, np.floor(time)):
+        key = (user.astype(np.int64) << (62 - user_bits)) | (time - t_min).astype(np.int64)
+        return np.argsort(key, kind="stable")
+    table = pa.table({"u": user, "t": time})
+    return pc.sort_indices(table, sort_keys=[("u", "ascending"), ("t", "ascending")]).to_numpy()
+
+
 def _ragged_take(values: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.ListArray:
     """list<int32> whose row r is values[start[r]:end[r]] (vectorised gather)."""
     lengths = (end - start).astype(np.int64)
@@ -246,7 +267,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
         raise MscgError(f"the dataset folder {folder} does not exist (prepare.path).")
     raw: RawData = ADAPTERS[cfg.adapter](cfg, folder)
     dropped = dict(raw.rows_dropped)
-    n_raw_users = int(len(np.unique(raw.user)))
+    n_raw_users = int(np.count_nonzero(np.bincount(raw.user))) if len(raw.user) else 0
     user, item, time = raw.user, raw.item, raw.time
     items = raw.items
     n_catalogue = items.num_rows
@@ -291,7 +312,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     items = items.take(pa.array(kept_items))
     _check_content(items, raw, cfg)
 
-    order = np.argsort(user, kind="stable") if time is None else np.lexsort((time, user))
+    order = chronological_order(user, time)
     user, item = user[order], item[order]
     splits = leave_one_out(user, item, len(kept_users), cfg.max_history)
 

@@ -102,7 +102,9 @@ class GenRecConfig:
         )
 
 
-def relative_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool) -> Tensor:
+def relative_bucket(
+    rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool
+) -> Tensor:
     """T5's bucketing of relative positions (key - query): exact for small, log-spaced for large."""
     bucket = torch.zeros_like(rel)
     if bidirectional:
@@ -112,11 +114,14 @@ def relative_bucket(rel: Tensor, num_buckets: int, max_distance: int, bidirectio
     else:
         n = (-rel).clamp(min=0)
     max_exact = num_buckets // 2
-    large = max_exact + (
-        torch.log(n.clamp(min=1).float() / max_exact)
-        / math.log(max_distance / max_exact)
-        * (num_buckets - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (
+            torch.log(n.clamp(min=1).float() / max_exact)
+            / math.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        ).long()
+    )
     large = large.clamp(max=num_buckets - 1)
     return bucket + torch.where(n < max_exact, n, large)
 

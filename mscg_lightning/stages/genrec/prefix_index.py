@@ -68,7 +68,7 @@ class PrefixIndex(nn.Module):
         self.level_sizes: tuple[int, ...] = tuple(sizes)
         self.depth = depth
         # div[l] = prod(V_l..V_{D-1}): the prefix key of length l is full_key // div[l].
-        self.div: tuple[int, ...] = tuple(math.prod(sizes[l:]) for l in range(depth + 1))
+        self.div: tuple[int, ...] = tuple(math.prod(sizes[i:]) for i in range(depth + 1))
 
         full = self._keys(tuples)
         full, order = torch.sort(full)
@@ -178,7 +178,9 @@ class PrefixIndex(nn.Module):
             columns beyond V_l are False.
         """
         v_max = max(self.level_sizes)
-        out = torch.zeros(tuples.shape[0], self.depth, v_max, dtype=torch.bool, device=tuples.device)
+        out = torch.zeros(
+            tuples.shape[0], self.depth, v_max, dtype=torch.bool, device=tuples.device
+        )
         for level in range(self.depth):
             out[:, level, : self.level_sizes[level]] = self.allowed(tuples[:, :level])
         return out

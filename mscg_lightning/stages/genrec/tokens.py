@@ -194,7 +194,9 @@ class HistoryTokenizer(nn.Module):
                         f"code {int(col[item])} of item {item}, modality '{name}', position {p} "
                         f"is outside [0, {size})."
                     )
-                tokens[:, start + p] = torch.where(present[:, m], col + offset, tokens[:, start + p])
+                tokens[:, start + p] = torch.where(
+                    present[:, m], col + offset, tokens[:, start + p]
+                )
             start += layout.positions_per_modality[m]
         t = layout.target_index
         target = codes[:, t, : layout.positions_per_modality[t]].clone()

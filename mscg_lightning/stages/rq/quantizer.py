@@ -81,17 +81,24 @@ def kmeans_plus_plus(x: Tensor, k: int) -> Tensor:
     Draws use the global CPU RNG. Once every distinct row is a seed (fewer than ``k``
     distinct rows), the remaining seeds repeat random rows.
     """
-    seeds = [x[int(torch.randint(x.shape[0], ()))]]
-    d2 = (x - seeds[0]).pow(2).sum(1)
+    x_sq = x.pow(2).sum(1)
+
+    def sq_dist_to(i: int) -> Tensor:  # [N]; a matrix-vector product, cheaper than (x - c)^2
+        return (x_sq - 2.0 * (x @ x[i]) + x_sq[i]).clamp(min=0)
+
+    chosen = [int(torch.randint(x.shape[0], ()))]
+    d2 = sq_dist_to(chosen[0])
     for _ in range(1, k):
-        total = float(d2.sum())
-        if total > 0:
-            idx = int(torch.multinomial((d2 / total).double().cpu(), 1))
+        cum = d2.double().cumsum(0)
+        if float(cum[-1]) > 0:
+            # inverse-CDF draw: rows at distance 0 (already seeds) have zero width
+            u = torch.rand((), dtype=torch.float64) * cum[-1].cpu()
+            idx = min(int(torch.searchsorted(cum, u.to(cum.device), right=True)), len(cum) - 1)
         else:
             idx = int(torch.randint(x.shape[0], ()))
-        seeds.append(x[idx])
-        d2 = torch.minimum(d2, (x - x[idx]).pow(2).sum(1))
-    return torch.stack(seeds)
+        chosen.append(idx)
+        d2 = torch.minimum(d2, sq_dist_to(idx))
+    return x[torch.tensor(chosen, device=x.device)]
 
 
 def kmeans(x: Tensor, k: int, iters: int) -> tuple[Tensor, Tensor]:

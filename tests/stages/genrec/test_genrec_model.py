@@ -57,7 +57,9 @@ def test_t5_mode_equals_transformers_t5(ffn: str, tie: bool) -> None:
             decoder_input_ids=model.decoder_input_ids(targets),
         ).logits
     for level, (start, size) in enumerate(zip(LAYOUT.target_offsets, LAYOUT.target_sizes)):
-        assert torch.allclose(ours[:, level, :size], theirs[:, level, start : start + size], atol=1e-4)
+        assert torch.allclose(
+            ours[:, level, :size], theirs[:, level, start : start + size], atol=1e-4
+        )
         assert torch.isneginf(ours[:, level, size:]).all()
 
 
@@ -71,11 +73,14 @@ def test_dual_bias_is_sum_of_item_and_code_biases() -> None:
     for q, k in ((0, 0), (1, 7), (7, 1), (3, 14), (14, 2), (5, 11)):
         rel_item = item_pos[q] - item_pos[k]
         rel_code = code_pos[k] - code_pos[q]
-        expect = model.item_bias.weight[
-            relative_bucket(rel_item, cfg.item_buckets, cfg.item_max_distance, True)
-        ] + model.code_bias.weight[
-            relative_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance, True)
-        ]
+        expect = (
+            model.item_bias.weight[
+                relative_bucket(rel_item, cfg.item_buckets, cfg.item_max_distance, True)
+            ]
+            + model.code_bias.weight[
+                relative_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance, True)
+            ]
+        )
         assert torch.allclose(bias[:, q, k], expect)
     # same code position one item apart gets the same bias wherever the pair sits
     assert torch.allclose(bias[:, 0, t], bias[:, t, 2 * t])

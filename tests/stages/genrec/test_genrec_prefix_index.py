@@ -40,9 +40,11 @@ def test_allowed_and_lookup_match_dict_trie(seed: int, dense_levels: int) -> Non
     for level in range(len(sizes)):
         known = torch.unique(tuples[:, :level], dim=0) if level else tuples[:1, :0]
         # random prefixes include unknown ones and out-of-range codes (-1, V_l)
-        rand = torch.stack(
-            [torch.randint(-1, v + 1, (200,), generator=gen) for v in sizes[:level]], 1
-        ) if level else torch.zeros(1, 0, dtype=torch.long)
+        rand = (
+            torch.stack([torch.randint(-1, v + 1, (200,), generator=gen) for v in sizes[:level]], 1)
+            if level
+            else torch.zeros(1, 0, dtype=torch.long)
+        )
         prefixes = torch.cat([known, rand])
         got = index.allowed(prefixes)
         assert got.shape == (len(prefixes), sizes[level])

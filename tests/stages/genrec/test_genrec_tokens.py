@@ -92,5 +92,11 @@ def test_code_out_of_range_names_modality_and_item() -> None:
     with pytest.raises(MscgError, match="item 1, modality 'text', position 1"):
         HistoryTokenizer(lay, codes, present)
     with pytest.raises(MscgError, match="expected \\[n, 2\\]"):
-        stack_modality_codes(lay, 2, {"text": (torch.tensor([0]), torch.zeros(1, 3)),
-                                       "collab": (torch.tensor([0]), torch.zeros(1, 3))})
+        stack_modality_codes(
+            lay,
+            2,
+            {
+                "text": (torch.tensor([0]), torch.zeros(1, 3)),
+                "collab": (torch.tensor([0]), torch.zeros(1, 3)),
+            },
+        )

@@ -1,10 +1,20 @@
 """SASRec nn.Module: shapes, causality, padding invariance, history masking, and that it learns."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mscg_lightning.stages.sasrec.model import SASRec
 from mscg_lightning.stages.sasrec.module import mask_items
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: a second thread only adds contention on a shared CPU (30x slower here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_forward_shapes_and_scores():

@@ -12,7 +12,6 @@ Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 any
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -63,7 +62,6 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = _parser(command)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2

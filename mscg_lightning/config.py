@@ -27,12 +27,18 @@ class ChainParser(LightningArgumentParser):
         sys.exit(2)
 
 
-def _add_lightning_section(parser: LightningArgumentParser, prefix: str) -> None:
+#: Init args that the pipeline fills in from the input artifacts; a chain config cannot set them.
+WIRED_ARGS = {"dim", "num_items", "embeddings", "prepared_dir", "codes_dirs"}
+
+
+def _add_lightning_section(
+    parser: LightningArgumentParser, prefix: str, skip: set[str] | None = None
+) -> None:
     """``model``, ``data`` (subclass mode) and ``trainer`` groups under ``prefix`` ('' = top)."""
     key = f"{prefix}." if prefix else ""
     parser.add_lightning_class_args(L.Trainer, f"{key}trainer")
-    parser.add_subclass_arguments(L.LightningModule, f"{key}model", required=False)
-    parser.add_subclass_arguments(L.LightningDataModule, f"{key}data", required=False)
+    parser.add_subclass_arguments(L.LightningModule, f"{key}model", required=False, skip=skip)
+    parser.add_subclass_arguments(L.LightningDataModule, f"{key}data", required=False, skip=skip)
 
 
 def stage_parser() -> LightningArgumentParser:
@@ -62,7 +68,7 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
     parser.add_argument("--text_embed", type=TextEmbedConfig | None, default=None)
     parser.add_argument("--image_embed", type=ImageEmbedConfig | None, default=None)
     for name in LIGHTNING_STAGES:
-        _add_lightning_section(parser, name)
+        _add_lightning_section(parser, name, skip=WIRED_ARGS)
     for name in RQ_STAGES:
         parser.add_argument(
             f"--{name}.input",

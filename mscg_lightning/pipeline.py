@@ -48,7 +48,7 @@ RQ_STAGES = ("rq_text", "rq_image", "rq_collab")
 
 #: Where each stage's ``run`` function lives (imported only when the stage runs).
 RUNNERS = {
-    "prepare": "mscg_lightning.data.prepare:run_stage",
+    "prepare": "mscg_lightning.data.stage:run",
     "sasrec": "mscg_lightning.stages.sasrec.stage:run",
     "text_embed": "mscg_lightning.stages.text.stage:run_text",
     "image_embed": "mscg_lightning.stages.text.stage:run_image",
@@ -58,6 +58,15 @@ RUNNERS = {
     "rq_collab": "mscg_lightning.stages.rq.stage:run",
     "genrec": "mscg_lightning.stages.genrec.stage:run",
 }
+
+#: Directory of a stage's artifact under the run directory (the stage name, but for prepare).
+ARTIFACT_DIRS = {"prepare": "prepared"}
+
+
+def artifact_dir(run_dir: Path, stage: str) -> Path:
+    """Where stage ``stage`` keeps its artifact: ``<run_dir>/prepared``, ``<run_dir>/sasrec``..."""
+    return Path(run_dir) / ARTIFACT_DIRS.get(stage, stage)
+
 
 # Keys of a stage section that change how a run looks, not what it computes.
 _COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "logger", "log_every_n_steps")
@@ -92,6 +101,12 @@ class StageContext:
         if self.out_dir is not None:
             manifest.write(self.out_dir)
         return manifest
+
+    def section_as(self, cls: type) -> Any:
+        """The section as an instance of the dataclass ``cls`` (jsonargparse parses to Namespace)."""
+        if isinstance(self.section, cls):
+            return self.section
+        return cls(**_plain(self.section))
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -176,7 +191,7 @@ def stage_status(config: Namespace, name: str, run_dir: Path) -> tuple[bool, Sta
     inputs = {}
     input_hashes = {}
     for dep in inputs_of(config, name):
-        path = run_dir / dep
+        path = artifact_dir(run_dir, dep)
         try:
             manifest = Manifest.read(path)
         except MscgError as err:
@@ -197,7 +212,7 @@ def stage_status(config: Namespace, name: str, run_dir: Path) -> tuple[bool, Sta
         config_hash=config_hash_of(config, name),
         input_hashes=input_hashes,
     )
-    target = run_dir / name
+    target = artifact_dir(run_dir, name)
     if not (target / "manifest.json").is_file():
         return False, ctx
     try:
@@ -226,14 +241,14 @@ def run_chain(
     for name in [s for s in CHAIN_ORDER if s in wanted]:
         fresh, ctx = stage_status(config, name, run_dir)
         if fresh and not force:
-            echo(f"[mscg] {name}: up to date ({run_dir / name})")
+            echo(f"[mscg] {name}: up to date ({artifact_dir(run_dir, name)})")
             timings[name] = 0.0
             continue
         echo(f"[mscg] {name}: running")
         start = time.perf_counter()
         run_stage(ctx)
         timings[name] = time.perf_counter() - start
-        echo(f"[mscg] {name}: done in {timings[name]:.1f} s -> {run_dir / name}")
+        echo(f"[mscg] {name}: done in {timings[name]:.1f} s -> {artifact_dir(run_dir, name)}")
     return timings
 
 
@@ -243,7 +258,7 @@ def run_stage(ctx: StageContext) -> Manifest:
     Every rank runs the stage (Lightning stages need all ranks); only rank 0 writes the artifact.
     """
     runner = _runner(ctx.name)
-    target = ctx.run_dir / ctx.name
+    target = artifact_dir(ctx.run_dir, ctx.name)
     if is_rank_zero():
         with atomic_artifact(target) as tmp:
             ctx.out_dir = tmp

@@ -112,17 +112,92 @@ def natural_order(ids: pa.Array) -> np.ndarray:
     return pc.sort_indices(ids).to_numpy()
 
 
+def plain_ints(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """int64 [N] when every string is a canonical decimal integer ("12", "-3"), else None.
+
+    "012", " 1" or "+1" are not canonical: their string identity would be lost as ints.
+    Casting and comparing lengths is much cheaper than hashing 10M strings.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+    if len(values) == 0 or values.null_count or not pa.types.is_string(values.type):
+        return None
+    try:
+        ints = pc.cast(values, pa.int64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    powers = 10 ** np.arange(1, 19, dtype=np.int64)
+    digits = 1 + np.searchsorted(powers, np.abs(ints), side="right")
+    lengths = pc.binary_length(values).to_numpy(zero_copy_only=False)
+    return ints if np.array_equal(lengths, digits + (ints < 0)) else None
+
+
+def _dense_int_codes(ints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [N] int32, sorted distinct values [V]) of an int64 array."""
+    lo, hi = int(ints.min()), int(ints.max())
+    if hi - lo < max(4 * len(ints), 1 << 20):  # O(N) table lookup when the range is small
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[ints - lo] = True
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        return rank[ints - lo].astype(np.int32), np.flatnonzero(present) + lo
+    uniq, codes = np.unique(ints, return_inverse=True)
+    return codes.astype(np.int32), uniq
+
+
+def int_positions(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Position [N] int32 of each of `values` in the distinct int64 `keys`, -1 when absent."""
+    if len(keys) == 0:
+        return np.full(len(values), -1, dtype=np.int32)
+    lo = int(min(keys.min(), values.min())) if len(values) else int(keys.min())
+    hi = int(max(keys.max(), values.max())) if len(values) else int(keys.max())
+    if hi - lo < max(4 * (len(values) + len(keys)), 1 << 20):
+        table = np.full(hi - lo + 1, -1, dtype=np.int32)
+        table[keys - lo] = np.arange(len(keys), dtype=np.int32)
+        return table[values - lo]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, values), len(keys) - 1)
+    return np.where(sorted_keys[pos] == values, order[pos], -1).astype(np.int32)
+
+
 def encode_ids(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dense codes [N] int32 and the vocabulary [V] string in natural order (codes index it)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
-    encoded = pc.dictionary_encode(values.cast(pa.string()))
+    values = values.cast(pa.string())
+    ints = plain_ints(values)
+    if ints is not None:
+        codes, uniq = _dense_int_codes(ints)
+        return codes, pa.array(uniq).cast(pa.string())
+    encoded = pc.dictionary_encode(values)
     vocab = encoded.dictionary
     order = natural_order(vocab)
     rank = np.empty(len(order), dtype=np.int32)
     rank[order] = np.arange(len(order), dtype=np.int32)
     codes = rank[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
     return codes, vocab.take(pa.array(order))
+
+
+def resolve_unknown(
+    pos: np.ndarray, first_bad: object, *, path: Path, column: str, catalogue: Path,
+    on_unknown: str, dropped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Apply the unknown-item policy to positions `pos` [N] (-1 = unknown item).
+
+    Returns (pos, keep-mask or None). ``on_unknown == "error"`` raises an MscgError naming the
+    first unknown value; "drop" counts them in ``dropped["unknown_item"]``.
+    """
+    keep = pos >= 0
+    if keep.all():
+        return pos, None
+    n_bad = int((~keep).sum())
+    if on_unknown == "error":
+        raise MscgError(
+            f"{path} column '{column}' references item '{first_bad}', which is not in "
+            f"{catalogue} ({n_bad} rows in all); fix the data or set prepare.on_unknown_items: drop."
+        )
+    dropped["unknown_item"] = dropped.get("unknown_item", 0) + n_bad
+    return pos, keep
 
 
 def map_keys(
@@ -135,31 +210,26 @@ def map_keys(
     on_unknown: str,
     dropped: dict[str, int],
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Positions [N] int32 of `values` in `keys`, and a keep-mask [N] when some were unknown.
-
-    Unknown values raise an MscgError naming the first one, or (``on_unknown == "drop"``) are
-    counted in ``dropped["unknown_item"]`` and masked out.
-    """
+    """Positions [N] int32 of string `values` in the distinct string `keys` (see resolve_unknown)."""
     if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    # Encode first so the hash lookup runs over distinct values only (fast on 10M rows).
-    encoded = pc.dictionary_encode(values)
-    pos = pc.index_in(encoded.dictionary, value_set=keys)
-    unknown_vocab = pc.is_null(pos).to_numpy(zero_copy_only=False)
-    pos = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int32)
-    out = pos[encoded.indices.to_numpy(zero_copy_only=False)]
-    if not unknown_vocab.any():
-        return out, None
-    keep = out >= 0
-    n_bad = int((~keep).sum())
-    if on_unknown == "error":
-        first = encoded.dictionary[int(np.flatnonzero(unknown_vocab)[0])].as_py()
-        raise MscgError(
-            f"{path} column '{column}' references item '{first}', which is not in {catalogue} "
-            f"({n_bad} rows in all); fix the data or set prepare.on_unknown_items: drop."
-        )
-    dropped["unknown_item"] = dropped.get("unknown_item", 0) + n_bad
-    return out, keep
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.string())
+    ints = plain_ints(values)
+    key_ints = plain_ints(keys) if ints is not None else None
+    if ints is not None and key_ints is not None:
+        pos = int_positions(ints, key_ints)
+        first = int(ints[np.argmax(pos < 0)]) if (pos < 0).any() else None
+    else:
+        # Encode first so the hash lookup runs over distinct values only.
+        encoded = pc.dictionary_encode(values)
+        vocab_pos = pc.fill_null(pc.index_in(encoded.dictionary, value_set=keys), -1)
+        pos = vocab_pos.to_numpy(zero_copy_only=False).astype(np.int32)[
+            encoded.indices.to_numpy(zero_copy_only=False)
+        ]
+        first = values[int(np.argmax(pos < 0))].as_py() if (pos < 0).any() else None
+    return resolve_unknown(
+        pos, first, path=path, column=column, catalogue=catalogue, on_unknown=on_unknown,
+        dropped=dropped,
+    )  # fmt: skip
 
 
 def blank_to_null(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -653,20 +723,13 @@ def _map_int_ids(
     values: np.ndarray, ids: np.ndarray, *, path: Path, column: str, catalogue: Path,
     on_unknown: str, dropped: dict[str, int],
 ) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """Positions of integer ids `values` [N] in the sorted id array `ids` (see `map_keys`)."""
-    pos = np.searchsorted(ids, values)
-    pos_c = np.minimum(pos, len(ids) - 1)
-    known = ids[pos_c] == values
-    if known.all():
-        return pos_c.astype(np.int32), None
-    n_bad = int((~known).sum())
-    if on_unknown == "error":
-        raise MscgError(
-            f"{path} column '{column}' references item {int(values[~known][0])}, which is not in "
-            f"{catalogue} ({n_bad} rows in all); fix the data or set prepare.on_unknown_items: drop."
-        )
-    dropped["unknown_item"] = dropped.get("unknown_item", 0) + n_bad
-    return pos_c.astype(np.int32), known
+    """Positions of integer ids `values` [N] in the distinct ids `ids` (see resolve_unknown)."""
+    pos = int_positions(values, ids)
+    first = int(values[np.argmax(pos < 0)]) if (pos < 0).any() else None
+    return resolve_unknown(
+        pos, first, path=path, column=column, catalogue=catalogue, on_unknown=on_unknown,
+        dropped=dropped,
+    )  # fmt: skip
 
 
 def read_amazon2018(cfg: PrepareConfig, folder: Path) -> RawData:

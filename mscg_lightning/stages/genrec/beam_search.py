@@ -85,7 +85,8 @@ def beam_search(
         scores, flat = cand.view(b, w * size).topk(min(num_beams, w * size), dim=1)
         parent = torch.div(flat, size, rounding_mode="floor")
         code = flat - parent * size
-        codes = torch.cat([torch.take_along_dim(codes, parent[:, :, None], 1), code[..., None]], 2)
+        kept = codes.gather(1, parent[:, :, None].expand(-1, -1, level))
+        codes = torch.cat([kept, code[..., None]], 2)
         if level + 1 < len(model.cfg.target_sizes):
             state.reorder(parent)
             tokens = model.code_token_ids(code, level)
@@ -96,7 +97,7 @@ def beam_search(
     k = min(top_k, scores.shape[1])
     top_scores, pick = scores.topk(k, dim=1)  # stable order for equal scores is not needed
     top_items = torch.where(torch.isfinite(top_scores), items.gather(1, pick), -1)
-    top_codes = torch.take_along_dim(codes, pick[:, :, None], 1)
+    top_codes = codes.gather(1, pick[:, :, None].expand(-1, -1, codes.shape[-1]))
     if k < top_k:  # fewer beams than K exist (tiny catalogue levels)
         pad = top_k - k
         top_items = torch.cat([top_items, top_items.new_full((b, pad), -1)], 1)

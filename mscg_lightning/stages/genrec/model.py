@@ -262,22 +262,22 @@ class DecoderLayer(nn.Module):
 
         Args:
             x: [B, W, d] embeddings of the newest token of each beam.
-            cache_k, cache_v: [B, W, H, t, dk] keys/values of the beams' earlier tokens, or None.
+            cache_k, cache_v: [B*W, H, t, dk] keys/values of the beams' earlier tokens, or None.
             self_bias: [1, H, 1, t+1] decoder position bias of the newest position.
             cross: 2 x [B, H, S, dk], computed once per user and shared by all its beams.
             cross_mask: [B, 1, 1, S].
 
         Returns:
-            new x [B, W, d] and the extended caches [B, W, H, t+1, dk].
+            new x [B, W, d] and the extended caches [B*W, H, t+1, dk].
         """
         b, w, _ = x.shape
         a = self.self_attn
-        h = self.norm1(x)
-        q, k, v = (proj(h).view(b, w, a.heads, 1, a.d_kv) for proj in (a.q, a.k, a.v))
-        cache_k = k if cache_k is None else torch.cat([cache_k, k], dim=3)
-        cache_v = v if cache_v is None else torch.cat([cache_v, v], dim=3)
-        out = _attend(q, cache_k, cache_v, self_bias, 0.0)  # [B, W, H, 1, dk]
-        x = x + a.o(out.reshape(b, w, -1))
+        h = self.norm1(x).reshape(b * w, 1, -1)
+        q, k, v = a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h))  # [B*W, H, 1, dk]
+        cache_k = k if cache_k is None else torch.cat([cache_k, k], dim=2)
+        cache_v = v if cache_v is None else torch.cat([cache_v, v], dim=2)
+        out = _attend(q, cache_k, cache_v, self_bias, 0.0)
+        x = x + a.o(a.merge(out)).view(b, w, -1)
         # Cross-attention: the W beams of a user are W query rows against the user's one K/V.
         c = self.cross_attn
         out = _attend(c.split(c.q(self.norm2(x))), cross[0], cross[1], cross_mask, 0.0)
@@ -290,7 +290,7 @@ class DecoderState:
     """Incremental decoding state of a batch of B users with W beams each.
 
     ``cross``: per layer 2 x [B, H, S, dk] (never expanded to beams); ``cross_mask``:
-    [B, 1, 1, S]; ``self_k``/``self_v``: per layer [B, W, H, t, dk] or None before the first step.
+    [B, 1, 1, S]; ``self_k``/``self_v``: per layer [B*W, H, t, dk] or None before the first step.
     """
 
     cross: list[tuple[Tensor, Tensor]]
@@ -301,9 +301,11 @@ class DecoderState:
 
     def reorder(self, parent: Tensor) -> None:
         """Keep/duplicate beams: parent LongTensor[B, W'] indexes the current W beams."""
-        idx = parent[:, :, None, None, None]
-        self.self_k = [torch.take_along_dim(k, idx, dim=1) for k in self.self_k]  # type: ignore[arg-type]
-        self.self_v = [torch.take_along_dim(v, idx, dim=1) for v in self.self_v]  # type: ignore[arg-type]
+        b = parent.shape[0]
+        w = self.self_k[0].shape[0] // b  # type: ignore[union-attr]
+        rows = (parent + torch.arange(b, device=parent.device)[:, None] * w).flatten()
+        self.self_k = [k.index_select(0, rows) for k in self.self_k]  # type: ignore[union-attr]
+        self.self_v = [v.index_select(0, rows) for v in self.self_v]  # type: ignore[union-attr]
 
 
 def _neg(dtype: torch.dtype) -> float:

@@ -147,7 +147,7 @@ def _chunked(
 
 
 def run_text(ctx: StageContext) -> Manifest:
-    cfg: TextEmbedConfig = ctx.section
+    cfg: TextEmbedConfig = ctx.section_as(TextEmbedConfig)
     if cfg.given:
         return _given(ctx, cfg.given, "text")
     from mscg_lightning.stages.text.encoders import TextEncoder, build_item_text, resolve_minilm_path
@@ -188,7 +188,7 @@ def run_text(ctx: StageContext) -> Manifest:
 
 
 def run_image(ctx: StageContext) -> Manifest:
-    cfg: ImageEmbedConfig = ctx.section
+    cfg: ImageEmbedConfig = ctx.section_as(ImageEmbedConfig)
     if cfg.given:
         return _given(ctx, cfg.given, "image")
     if not cfg.model:

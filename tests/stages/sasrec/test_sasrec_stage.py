@@ -91,7 +91,7 @@ def context(run_dir: Path, sec: Namespace) -> StageContext:
 def test_stage_learns_exports_and_resumes(tmp_path):
     num_items = 24
     write_prepared(tmp_path / "prepare", successor_sequences(96, num_items), num_items, 10)
-    manifest = run_stage(context(tmp_path, section(max_epochs=12)))
+    manifest = run_stage(context(tmp_path, section(max_epochs=5)))
 
     out = tmp_path / "sasrec"
     assert read_manifest(out, stage="sasrec").content_hash == manifest.content_hash
@@ -102,7 +102,7 @@ def test_stage_learns_exports_and_resumes(tmp_path):
     assert table.embeddings.shape == (num_items, 32)
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == "SASRec" and metrics["epochs"] == 12
+    assert metrics["model"] == "SASRec" and metrics["epochs"] == 5
     assert metrics["test"]["num_users"]["mean"] == 96
     r10 = metrics["test"]["recall@10"]
     assert r10["ci_low"] <= r10["mean"] <= r10["ci_high"]
@@ -115,7 +115,7 @@ def test_stage_learns_exports_and_resumes(tmp_path):
     assert torch.allclose(best["model.item_emb.weight"][1:], table.embeddings)
 
     # A rerun resumes from last.ckpt, which has finished: no new epoch, same test metrics.
-    again = run_stage(context(tmp_path, section(max_epochs=12)))
+    again = run_stage(context(tmp_path, section(max_epochs=5)))
     rerun = json.loads((out / "metrics.json").read_text())
     assert again.content_hash == manifest.content_hash
     assert rerun["test"]["recall@10"] == metrics["test"]["recall@10"]

@@ -68,6 +68,10 @@ def main(args: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        run_dir = Path(config.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # The resolved chain config of the latest command, next to the results.
+        parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
         return _run(command, config)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
@@ -77,7 +81,6 @@ def main(args: Sequence[str] | None = None) -> int:
 def _run(command: str, config) -> int:
     from mscg_lightning import pipeline
 
-    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     if command == "fit":
         stages = [s.strip() for s in config.stages.split(",")] if config.stages else None
         pipeline.run_chain(config, stages=stages, force=config.force)

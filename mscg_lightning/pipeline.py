@@ -10,6 +10,7 @@ content hashes as the current run would give it; it is then skipped.
 from __future__ import annotations
 
 import importlib
+import shutil
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -267,4 +268,7 @@ def run_stage(ctx: StageContext) -> Manifest:
         ctx.out_dir = None
         manifest = runner(ctx)
     barrier()
+    if is_rank_zero():
+        # The artifact holds what later stages need; the checkpoints only served resuming.
+        shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     return manifest

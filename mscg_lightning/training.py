@@ -82,10 +82,10 @@ def build_stage(
 
 
 def _save_config(ctx: StageContext, section: Namespace) -> None:
-    """The resolved section beside the checkpoints, as LightningCLI's SaveConfigCallback would."""
-    ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(_plain_dict(section), sort_keys=False)
-    Path(ctx.checkpoint_dir, "config.yaml").write_text(text)
+    """The resolved section next to the stage's results, as LightningCLI's SaveConfigCallback would."""
+    if ctx.out_dir is not None:
+        text = yaml.safe_dump(_plain_dict(section), sort_keys=False)
+        Path(ctx.out_dir, "config.yaml").write_text(text)
 
 
 def _plain_dict(section: Any) -> Any:

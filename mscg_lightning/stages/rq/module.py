@@ -191,6 +191,9 @@ class RQModule(LightningModule):
                 raise MscgError("normalize='standardize' needs the EmbeddingsDataModule table.")
             return  # the quantizer initialises on its first batch
         check_embeddings(table, self.dim, min_rows=self.codebook_size)
+        quantizer = self.model.quantizer if isinstance(self.model, RQVAE) else self.model
+        if bool(quantizer.initialized):
+            return  # resumed from a checkpoint or fitted before: keep codebooks and statistics
         table = table.to(self.device)
         if self.normalize == "standardize":
             self.norm_mean.copy_(table.mean(0))

@@ -102,7 +102,11 @@ def codes_from_given(prepared_dir, column: str) -> tuple[np.ndarray, np.ndarray,
     values = values.filter(present)
     lengths = pa.compute.list_value_length(values).to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths != lengths[0]).any():
-        raise MscgError(f"{prepared_dir / 'items'} column '{column}' has code lists of unequal length.")
-    codes = values.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(len(item_idx), -1)
+        raise MscgError(
+            f"{prepared_dir / 'items'} column '{column}' has code lists of unequal length."
+        )
+    codes = (
+        values.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(len(item_idx), -1)
+    )
     full = append_collision_level(codes, item_idx)
     return item_idx, full, int(codes.max()) + 1 if codes.size else 0

@@ -57,9 +57,9 @@ def _resolve(model: str) -> tuple[str, bool]:
 
 def _load(loader: Any, model: str, what: str) -> Any:
     name, local = _resolve(model)
-    offline = local or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        return loader.from_pretrained(name, local_files_only=offline)
+        # Hub ids honour HF_HUB_OFFLINE through huggingface_hub; local dirs never go online.
+        return loader.from_pretrained(name, local_files_only=local)
     except (OSError, ValueError) as err:
         raise MscgError(f"Could not load the {what} of '{model}' ({err}).") from err
 
@@ -105,7 +105,13 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], progress: bool = False) -> Tensor:
-        """Embeddings [N, D] float32 on CPU, one row per text, in input order."""
+        """Embeddings [N, D] float32 on CPU, one row per text, in input order.
+
+        A None or blank text is an error: an item without text is missing, not embedded.
+        """
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise MscgError(f"Text {i} is empty or not a string; record the item as missing.")
         out = [torch.zeros(0, self.dim)]
         for s in _batches(len(texts), self.batch_size, progress, "text batches"):
             enc = self.tokenizer(

@@ -74,6 +74,18 @@ def test_save_and_reload_gives_identical_codes(tmp_path) -> None:
     assert torch.equal(again.export_codes(x)[0], module.export_codes(x)[0])
 
 
+def test_resume_from_checkpoint_keeps_codebooks(tmp_path) -> None:
+    x = _table()
+    module = _fit(x, epochs=1)
+    ckpt = tmp_path / "rq.ckpt"
+    module.last_trainer.save_checkpoint(ckpt)
+    L.seed_everything(99, verbose=False)  # a re-initialisation would now differ
+    fresh = RQModule(dim=8, levels=2, codebook_size=8, kmeans_iters=5)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False)
+    trainer.fit(fresh, datamodule=EmbeddingsDataModule(x, batch_size=64), ckpt_path=ckpt)
+    assert torch.equal(fresh.model.codebooks, module.model.codebooks)
+
+
 def test_kmeans_kind_keeps_init_codebooks_and_rqvae_trains() -> None:
     x = _table()
     km = _fit(x, kind="kmeans", epochs=1)

@@ -68,8 +68,15 @@ def test_learns_the_successor_pattern():
     # Item i is always followed by item i+1 (mod N): recall@1 must approach 1.
     torch.manual_seed(0)
     num_items, length = 40, 8
-    model = SASRec(num_items, hidden_size=32, num_layers=1, num_heads=1, inner_size=64, dropout=0.1,
-                   max_len=length)
+    model = SASRec(
+        num_items,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=1,
+        inner_size=64,
+        dropout=0.1,
+        max_len=length,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(150):
         start = torch.randint(0, num_items, (64, 1))

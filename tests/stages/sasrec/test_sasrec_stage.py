@@ -29,28 +29,40 @@ def write_prepared(root: Path, sequences: list[list[int]], num_items: int, max_h
     lists = pa.list_(pa.int32())
     users = pa.array(range(len(sequences)), pa.int32())
     write_shards(
-        pa.table({"item_idx": pa.array(range(num_items), pa.int32()),
-                  "item_id": [f"i{i}" for i in range(num_items)]}),
+        pa.table(
+            {
+                "item_idx": pa.array(range(num_items), pa.int32()),
+                "item_id": [f"i{i}" for i in range(num_items)],
+            }
+        ),
         root / "items",
     )
     write_shards(pa.table({"user_idx": users, "user_id": [f"u{u}" for u in users]}), root / "users")
-    write_shards(pa.table({"user_idx": users, "items": pa.array([s[:-2] for s in sequences], lists)}),
-                 root / "train")
+    write_shards(
+        pa.table({"user_idx": users, "items": pa.array([s[:-2] for s in sequences], lists)}),
+        root / "train",
+    )
     for split, cut in (("valid", -2), ("test", -1)):
         write_shards(
-            pa.table({
-                "user_idx": users,
-                "history": pa.array([s[:cut][-max_history:] for s in sequences], lists),
-                "target": pa.array([s[cut] for s in sequences], pa.int32()),
-            }),
+            pa.table(
+                {
+                    "user_idx": users,
+                    "history": pa.array([s[:cut][-max_history:] for s in sequences], lists),
+                    "target": pa.array([s[cut] for s in sequences], pa.int32()),
+                }
+            ),
             root / split,
         )
     Manifest(
         stage="prepare",
         config_hash="test",
         rows={"users": len(sequences), "items": num_items},
-        extra={"num_items": num_items, "num_users": len(sequences), "max_history": max_history,
-               "target_mode": "per_item"},
+        extra={
+            "num_items": num_items,
+            "num_users": len(sequences),
+            "max_history": max_history,
+            "target_mode": "per_item",
+        },
     ).write(root)
 
 
@@ -63,27 +75,52 @@ def successor_sequences(num_users: int, num_items: int, seed: int = 0) -> list[l
 
 
 def section(**trainer) -> Namespace:
-    return stage_parser().parse_object({
-        "model": {
-            "class_path": "mscg_lightning.stages.sasrec.module.SASRecModule",
-            "init_args": {"hidden_size": 32, "num_layers": 1, "num_heads": 1, "inner_size": 64,
-                          "dropout": 0.1, "max_len": 10, "lr": 5e-3},
-        },
-        "data": {
-            "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
-            "init_args": {"batch_size": 32, "eval_batch_size": 64, "max_history": 10,
-                          "train_mode": "windows"},
-        },
-        "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "num_sanity_val_steps": 0, **trainer},
-    })
+    return stage_parser().parse_object(
+        {
+            "model": {
+                "class_path": "mscg_lightning.stages.sasrec.module.SASRecModule",
+                "init_args": {
+                    "hidden_size": 32,
+                    "num_layers": 1,
+                    "num_heads": 1,
+                    "inner_size": 64,
+                    "dropout": 0.1,
+                    "max_len": 10,
+                    "lr": 5e-3,
+                },
+            },
+            "data": {
+                "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
+                "init_args": {
+                    "batch_size": 32,
+                    "eval_batch_size": 64,
+                    "max_history": 10,
+                    "train_mode": "windows",
+                },
+            },
+            "trainer": {
+                "accelerator": "cpu",
+                "devices": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "num_sanity_val_steps": 0,
+                **trainer,
+            },
+        }
+    )
 
 
 def context(run_dir: Path, sec: Namespace) -> StageContext:
     prepared = run_dir / "prepare"
     return StageContext(
-        name="sasrec", section=sec, config=Namespace(), run_dir=run_dir, data_root=run_dir, seed=0,
-        inputs={"prepare": prepared}, config_hash="h1",
+        name="sasrec",
+        section=sec,
+        config=Namespace(),
+        run_dir=run_dir,
+        data_root=run_dir,
+        seed=0,
+        inputs={"prepare": prepared},
+        config_hash="h1",
         input_hashes={"prepare": Manifest.read(prepared).content_hash},
     )
 
@@ -131,8 +168,9 @@ def test_stage_refuses_history_longer_than_model(tmp_path):
 
 
 def test_mask_history_removes_history_items_from_ranking():
-    module = SASRecModule(num_items=15, hidden_size=8, num_heads=1, inner_size=16, max_len=6,
-                          mask_history=True).eval()
+    module = SASRecModule(
+        num_items=15, hidden_size=8, num_heads=1, inner_size=16, max_len=6, mask_history=True
+    ).eval()
     history = torch.tensor([[-1, 0, 1, 2, 3, 4], [-1, -1, -1, -1, 7, 8]])
     ranked = module.rank(history, 10)
     assert ranked.shape == (2, 10)

@@ -42,6 +42,8 @@ def test_minilm_offline_embeddings_are_unit_norm_and_semantic() -> None:
     enc.batch_size = 3
     assert torch.allclose(enc.encode(texts), emb, atol=1e-5)
     assert enc.encode([]).shape == (0, 384)
+    with pytest.raises(MscgError, match="Text 1 is empty"):
+        enc.encode(["lipstick", "  "])  # a missing text is never embedded
 
 
 def test_missing_minilm_package_and_missing_paths(monkeypatch, tmp_path) -> None:

@@ -1,0 +1,80 @@
+"""The `mscg` command: config errors, the chain on the tiny fixture, up-to-date skipping."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mscg_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def _tiny(tmp_path, *extra):
+    return ["--config", TINY, "--run_dir", str(tmp_path / "run"), "--data_root", str(REPO / "tests" / "fixtures"), *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prepare.k_kore", "3"], "unrecognized arguments"),
+        (["--prepare.k_core", "three"], "prepare.k_core"),
+        (["--sasrec.trainer.max_epochs", "x"], "max_epochs"),
+    ],
+)
+def test_bad_config_exits_2_with_the_key_named(tmp_path, capsys, extra, message):
+    assert main(["prepare", *_tiny(tmp_path, *extra)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "prepared").exists()
+
+
+def test_unknown_key_in_a_config_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(TINY).read_text().replace("k_core", "k_kore") + "\nprepare: {k_kore: 3}\n")
+    assert main(["fit", "--config", str(bad), "--run_dir", str(tmp_path / "run")]) == 2
+    assert "k_kore" in capsys.readouterr().err
+
+
+def test_missing_config_file_and_unknown_command(tmp_path, capsys):
+    assert main(["fit", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["fitt"]) == 2
+    assert "unknown command 'fitt'" in capsys.readouterr().err
+
+
+def test_bad_data_exits_2_and_leaves_no_artifact(tmp_path, capsys):
+    code = main(["prepare", *_tiny(tmp_path, "--prepare.path", str(tmp_path / "absent"))])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "absent" in err and err.count("\n") <= 2
+    assert not (tmp_path / "run" / "prepared").exists()
+
+
+def test_every_config_parses(capsys):
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if path.parent.name == "trainer":
+            continue  # overlays: checked with a dataset config below
+        assert main(["fit", "--config", str(path), "--print_config"]) == 0, path
+        capsys.readouterr()
+    for overlay in sorted((REPO / "configs" / "trainer").glob("*.yaml")):
+        assert main(["fit", "--config", TINY, "--config", str(overlay), "--print_config"]) == 0
+        assert "precision" in capsys.readouterr().out
+
+
+def test_tiny_chain_runs_then_is_up_to_date(tmp_path, capsys):
+    assert main(["fit", *_tiny(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "up to date" not in out
+    run = tmp_path / "run"
+    metrics = json.loads((run / "sasrec" / "metrics.json").read_text())
+    assert metrics["test"]["num_users"]["mean"] == 60
+    assert main(["fit", *_tiny(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    stages = [line for line in out.splitlines() if line.startswith("[mscg]")]
+    assert stages and all("up to date" in line for line in stages), out
+    assert "| SASRec | 60 |" in out
+    # a changed config redoes that stage and what depends on it, nothing else
+    assert main(["fit", *_tiny(tmp_path, "--rq_text.model.init_args.kmeans_iters", "3")]) == 0
+    out = capsys.readouterr().out
+    assert "[mscg] rq_text: running" in out and "[mscg] sasrec: up to date" in out

@@ -10,7 +10,7 @@ A chain config is a YAML file with top-level keys ``name``, ``run_dir``, ``data_
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import lightning as L
 from jsonargparse import ActionConfigFile, Namespace
@@ -76,6 +76,12 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
             default={"rq_text": "text_embed", "rq_image": "image_embed", "rq_collab": "sasrec"}[name],
             help="embeddings to quantize: an artifact name, or prepare:emb_<name> for given ones",
         )
+    parser.add_argument(
+        "--dino_rq.mode",
+        type=Literal["rq_dino", "post_hoc"],
+        default="rq_dino",
+        help="rq_dino: train RQ-DINO; post_hoc: frozen backbone CLS -> residual quantizer",
+    )
     parser.add_argument(
         "--genrec.modalities",
         type=dict[str, str],

@@ -1051,7 +1051,9 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
     ts_type = table.column("timestamp").type
     if not (pa.types.is_integer(ts_type) or pa.types.is_floating(ts_type)
             or pa.types.is_timestamp(ts_type) or pa.types.is_null(ts_type)):  # fmt: skip
-        first = table.column("timestamp")[0].as_py()
+        ts = table.column("timestamp").cast(pa.string())
+        numeric = pc.match_substring_regex(ts, r"^\s*-?\d+(\.\d*)?\s*$")
+        first = pc.filter(ts, pc.invert(pc.fill_null(numeric, True)))[0].as_py()
         raise MscgError(
             f"{inter_path} column 'timestamp' holds {first!r}, not a number or a date-time."
         )

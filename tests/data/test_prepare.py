@@ -288,6 +288,7 @@ REAL = [
 ]
 
 
+@pytest.mark.data
 @pytest.mark.parametrize(("adapter", "folder", "counts"), REAL, ids=[r[1] for r in REAL])
 def test_real_data_counts(adapter: str, folder: str, counts: tuple, tmp_path: Path) -> None:
     if not (DATA / folder).is_dir():

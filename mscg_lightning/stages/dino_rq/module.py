@@ -1,0 +1,237 @@
+"""RQ-DINO LightningModule: thin glue around the pure ``RQDino`` (schedules, optimiser, logging).
+
+Per optimiser step ``s`` of ``T`` (DINOv2 recipe; ``s_e`` = steps per epoch):
+
+* learning rate: linear warm-up over ``warmup_epochs`` to ``base_lr * sqrt(global_batch / 1024)``,
+  then cosine to ``min_lr``; weight decay cosine ``weight_decay -> weight_decay_end``;
+* teacher temperature: linear ``warmup_teacher_temp -> teacher_temp`` over
+  ``warmup_teacher_temp_epochs``; teacher momentum cosine ``momentum_teacher -> 1``;
+* prototype (last-layer) gradients dropped for ``freeze_last_layer_epochs``; each student part
+  (backbone, DINO head, iBOT head) clipped to norm ``clip_grad``; the teacher is moved by EMA
+  right after each optimiser step.
+
+DDP: with ``ibot_weight = 0`` no iBOT head is built, so every student parameter gets a gradient
+and the default ``find_unused_parameters=False`` works.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from mscg_lightning.stages.dino_rq.losses import Centering
+from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig
+from mscg_lightning.stages.dino_rq.schedules import (
+    cosine_schedule,
+    scaled_learning_rate,
+    teacher_momentum,
+    teacher_temperature,
+)
+
+
+class RQDinoModule(LightningModule):
+    """Trains RQ-DINO (paper Section 3.2, Eq. 5) on multi-crop batches of ``ImageDataModule``.
+
+    Model args (see ``RQDinoConfig``): ``backbone`` (HF id or local dir; None = random init),
+    ``backbone_config`` (Dinov2Config overrides), prototypes and head sizes, the residual
+    quantizer (``rq_levels`` x ``rq_codebook_size``, EMA decay, dead-code threshold), loss
+    weights (iBOT 1, KoLeo 0.1, commitment 0.01), centering, iBOT mask ratios.
+
+    Optimisation args: ``base_lr`` (for a global batch of 1024, square-root scaled), ``min_lr``,
+    ``warmup_epochs``, ``weight_decay`` -> ``weight_decay_end``, ``momentum_teacher``,
+    ``teacher_temp`` with its warm-up, ``freeze_last_layer_epochs``, ``clip_grad``. Epoch
+    counts may be fractional: they are turned into optimiser steps.
+    """
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        backbone_config: dict[str, Any] | None = None,
+        local_files_only: bool = False,
+        n_prototypes: int = 65536,
+        head_hidden_dim: int = 2048,
+        head_bottleneck_dim: int = 256,
+        head_layers: int = 3,
+        ibot_separate_head: bool = True,
+        rq_levels: int = 3,
+        rq_codebook_size: int = 256,
+        rq_decay: float = 0.99,
+        rq_dead_code_threshold: float = 0.1,
+        quantize_local_crops: bool = True,
+        centering: Centering = "centering",
+        student_temp: float = 0.1,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        commit_weight: float = 0.01,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        mask_probability: float = 0.5,
+        base_lr: float = 0.004,
+        min_lr: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.4,
+        momentum_teacher: float = 0.992,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_epochs: float = 30.0,
+        freeze_last_layer_epochs: float = 1.0,
+        clip_grad: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        config = RQDinoConfig(
+            backbone=backbone,
+            backbone_config=dict(backbone_config or {}),
+            local_files_only=local_files_only,
+            n_prototypes=n_prototypes,
+            head_hidden_dim=head_hidden_dim,
+            head_bottleneck_dim=head_bottleneck_dim,
+            head_layers=head_layers,
+            # An iBOT head without an iBOT loss would have no gradient (DDP would refuse it).
+            ibot_separate_head=ibot_separate_head and ibot_weight > 0,
+            rq_levels=rq_levels,
+            rq_codebook_size=rq_codebook_size,
+            rq_decay=rq_decay,
+            rq_dead_code_threshold=rq_dead_code_threshold,
+            quantize_local_crops=quantize_local_crops,
+            centering=centering,
+            student_temp=student_temp,
+            ibot_weight=ibot_weight,
+            koleo_weight=koleo_weight,
+            commit_weight=commit_weight,
+            mask_ratio=tuple(mask_ratio),
+            mask_probability=mask_probability,
+        )
+        self.model = RQDino(config)
+        self.levels, self.codebook_size = rq_levels, rq_codebook_size
+        # Code counts of the global crops in this epoch, per level: [L, K].
+        self.register_buffer(
+            "code_counts", torch.zeros(rq_levels, rq_codebook_size), persistent=False
+        )
+        self._step = 0
+        self._peak_lr: float | None = None
+
+    # -- schedules -------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch (at least 1)."""
+        trainer = self.trainer
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches) or batches <= 0:
+            return max(1, int(trainer.estimated_stepping_batches))
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
+    def _epochs_to_steps(self, epochs: float) -> int:
+        return int(round(epochs * self.steps_per_epoch))
+
+    def schedule(self, step: int) -> dict[str, float]:
+        """lr, weight decay, teacher momentum and temperature at optimiser step ``step``."""
+        hp = self.hparams
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        peak = self._peak_lr if self._peak_lr is not None else hp.base_lr
+        return {
+            "lr": cosine_schedule(
+                step, total, peak, hp.min_lr, self._epochs_to_steps(hp.warmup_epochs)
+            ),
+            "weight_decay": cosine_schedule(step, total, hp.weight_decay, hp.weight_decay_end),
+            "teacher_momentum": teacher_momentum(step, total, hp.momentum_teacher),
+            "teacher_temp": teacher_temperature(
+                step,
+                self._epochs_to_steps(hp.warmup_teacher_temp_epochs),
+                hp.warmup_teacher_temp,
+                hp.teacher_temp,
+            ),
+        }
+
+    def _set_peak_lr(self, batch_size: int) -> None:
+        """DINOv2's square-root rule on the global batch (all devices, accumulation)."""
+        size = getattr(self.trainer.datamodule, "batch_size", None) or batch_size
+        global_batch = size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+        self._peak_lr = scaled_learning_rate(self.hparams.base_lr, global_batch)
+
+    # -- Lightning hooks -----------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # lr and weight decay are set every step from the schedules (training_step).
+        groups = self.model.parameter_groups()
+        groups[0]["weight_decay"] = self.hparams.weight_decay
+        return torch.optim.AdamW(groups, lr=self.hparams.base_lr, betas=(0.9, 0.999))
+
+    def on_train_epoch_start(self) -> None:
+        self.code_counts.zero_()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        """batch: ``global_crops`` [G, B, 3, Sg, Sg], ``local_crops`` [Lc, B, 3, Sl, Sl]."""
+        if not batch:
+            return None  # every image of this batch failed to load: skip the step
+        batch_size = int(batch["global_crops"].shape[1])
+        if self._peak_lr is None:
+            self._set_peak_lr(batch_size)
+        self._step = int(self.global_step)
+        sched = self.schedule(self._step)
+        for i, group in enumerate(self.optimizers().optimizer.param_groups):
+            group["lr"] = sched["lr"]
+            if i == 0:  # the second group holds biases and norms: never decayed
+                group["weight_decay"] = sched["weight_decay"]
+
+        out = self.model.training_losses(batch, sched["teacher_temp"])
+        for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "commit_loss"):
+            self.log(
+                f"train/{name}",
+                out[name],
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+            )
+        for name, value in sched.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
+        codes = out["codes"]  # [G*B, L]
+        for level in range(self.levels):
+            self.code_counts[level] += torch.bincount(
+                codes[:, level], minlength=self.codebook_size
+            ).to(self.code_counts.dtype)
+        return out["loss"]
+
+    def on_after_backward(self) -> None:
+        # DINOv2 keeps the prototypes fixed at first: they would otherwise chase a noisy start.
+        if self._step < self._epochs_to_steps(self.hparams.freeze_last_layer_epochs):
+            self.model.cancel_last_layer_gradients()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip each student part (backbone, heads) separately to norm ``clip_grad`` (DINOv2)."""
+        if self.hparams.clip_grad and self.hparams.clip_grad > 0:
+            for part in self.model.student.values():
+                torch.nn.utils.clip_grad_norm_(part.parameters(), self.hparams.clip_grad)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The teacher follows the student after every optimiser step, never by gradient.
+        self.model.update_teacher(self.schedule(self._step)["teacher_momentum"])
+
+    def on_train_epoch_end(self) -> None:
+        counts = self.trainer.strategy.reduce(self.code_counts.clone(), reduce_op="sum")
+        for level, row in enumerate(counts):
+            stats = usage_and_perplexity(row)
+            self.log(f"codes/usage_level{level + 1}", stats["usage"])
+            self.log(f"codes/perplexity_level{level + 1}", stats["perplexity"])
+
+
+def usage_and_perplexity(counts: Tensor) -> dict[str, float]:
+    """Code usage (% of the K codes used) and perplexity (exp entropy) of counts ``[K]``."""
+    total = float(counts.sum())
+    if total <= 0:
+        return {"usage": 0.0, "perplexity": 0.0}
+    p = counts[counts > 0].double() / total
+    return {
+        "usage": 100.0 * float((counts > 0).sum()) / counts.numel(),
+        "perplexity": float(torch.exp(-(p * p.log()).sum())),
+    }

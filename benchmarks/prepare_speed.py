@@ -54,9 +54,7 @@ def make_synthetic(folder: Path, n_inter: int, seed: int = 0) -> int:
     ts = rng.integers(1_400_000_000, 1_700_000_000, size=n)
     rating = rng.integers(1, 6, size=n)
     order = rng.permutation(n)
-    table = pa.table(
-        {"u": user[order], "i": item[order], "r": rating[order], "t": ts[order]}
-    )
+    table = pa.table({"u": user[order], "i": item[order], "r": rating[order], "t": ts[order]})
     folder.mkdir(parents=True, exist_ok=True)
     opts = pcsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     with open(folder / "synth.inter", "wb") as f:
@@ -92,8 +90,16 @@ def child(args: argparse.Namespace) -> None:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss_mib, "rows_read": stats["rows_read"],
-                      "rows": manifest.rows}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mib": rss_mib,
+                "rows_read": stats["rows_read"],
+                "rows": manifest.rows,
+            }
+        )
+    )
 
 
 def run_one(name: str, cfg: dict, data_root: Path) -> dict:
@@ -166,6 +172,8 @@ def main() -> None:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "pyarrow": pyarrow.__version__,
+            # The machine may be shared: timings scale with the load at run time.
+            "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
         },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,

@@ -113,6 +113,8 @@ def sasrec_section(args: argparse.Namespace) -> Namespace:
                     "eval_batch_size": args.eval_batch_size,
                     "max_history": args.max_len,
                     "train_mode": args.train_mode,
+                    "group_by_length": True,
+                    "seed": args.seed,
                 },
             },
             "trainer": trainer,

@@ -70,10 +70,12 @@ class RawData:
 # Small shared helpers
 
 
-def need_file(path: Path, what: str = "file") -> Path:
+def need_file(path: Path, what: str = "input file of this layout") -> Path:
     """Return `path` if it is a non-empty file; otherwise raise a one-sentence MscgError."""
     if not path.is_file():
-        raise MscgError(f"{path} does not exist (the {what} of this layout).")
+        raise MscgError(
+            f"{path} does not exist (the {what}); check prepare.path and prepare.dataset."
+        )
     if path.stat().st_size == 0:
         raise MscgError(f"{path} is empty.")
     return path
@@ -179,9 +181,15 @@ def encode_ids(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array
 
 
 def resolve_unknown(
-    pos: np.ndarray, first_bad: object, *, path: Path, column: str, catalogue: Path,
-    on_unknown: str, dropped: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    pos: np.ndarray,
+    first_bad: object,
+    *,
+    path: Path,
+    column: str,
+    catalogue: Path,
+    on_unknown: str,
+    dropped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Apply the unknown-item policy to positions `pos` [N] (-1 = unknown item).
 
     Returns (pos, keep-mask or None). ``on_unknown == "error"`` raises an MscgError naming the
@@ -227,9 +235,14 @@ def map_keys(
         ]
         first = values[int(np.argmax(pos < 0))].as_py() if (pos < 0).any() else None
     return resolve_unknown(
-        pos, first, path=path, column=column, catalogue=catalogue, on_unknown=on_unknown,
+        pos,
+        first,
+        path=path,
+        column=column,
+        catalogue=catalogue,
+        on_unknown=on_unknown,
         dropped=dropped,
-    )  # fmt: skip
+    )
 
 
 def blank_to_null(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -336,8 +349,9 @@ def read_jsonl(path: Path, schema: pa.Schema) -> pa.Table:
     need_file(path)
     opts = pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        table = pjson.read_json(path, read_options=pjson.ReadOptions(block_size=64 << 20),
-                                parse_options=opts)
+        table = pjson.read_json(
+            path, read_options=pjson.ReadOptions(block_size=64 << 20), parse_options=opts
+        )
     except (pa.ArrowInvalid, OSError, EOFError) as err:
         hint = _arrow_column_hint(err, [])
         if hint and "changed from" in str(err):
@@ -386,9 +400,7 @@ def check_unique(values: pa.Array | pa.ChunkedArray, path: Path, column: str) ->
         raise MscgError(f"{path} column '{column}' lists '{dup[0].as_py()}' more than once.")
 
 
-def drop_missing(
-    table: pa.Table, columns: dict[str, str], dropped: dict[str, int]
-) -> pa.Table:
+def drop_missing(table: pa.Table, columns: dict[str, str], dropped: dict[str, int]) -> pa.Table:
     """Drop rows whose column is null or blank, counted as ``dropped[reason]``."""
     for column, reason in columns.items():
         col = table.column(column)
@@ -473,7 +485,9 @@ def parse_code_file(
         row = key_of(key)
         if row is None:
             if on_unknown == "error":
-                raise MscgError(f"{path} has codes for item '{key}', which is not in the catalogue.")
+                raise MscgError(
+                    f"{path} has codes for item '{key}', which is not in the catalogue."
+                )
             continue
         rows[row] = codes
     return pa.array(rows, pa.list_(pa.int32()))
@@ -598,22 +612,31 @@ def read_recbole(cfg: PrepareConfig, folder: Path) -> RawData:
     rating = table.column("rating").to_numpy() if "rating" in table.column_names else None
     user, item, time, rating = apply_mask([user, item, time, rating], keep)
     return RawData(
-        user=user, item=item, time=time, user_ids=user_ids, items=items,
-        text_columns=text_columns, rows_read=rows_read, rows_dropped=dropped,
-        item_rows_dropped=item_dropped, rating=rating, source_files=sources, dataset=dataset,
-    )  # fmt: skip
+        user=user,
+        item=item,
+        time=time,
+        user_ids=user_ids,
+        items=items,
+        text_columns=text_columns,
+        rows_read=rows_read,
+        rows_dropped=dropped,
+        item_rows_dropped=item_dropped,
+        rating=rating,
+        source_files=sources,
+        dataset=dataset,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Amazon 2014, P5/S3Rec layout
 
 
-def _sequences_to_arrays(
-    users: list[str], seqs: list[list[str]]
-) -> tuple[pa.Array, pa.Array]:
+def _sequences_to_arrays(users: list[str], seqs: list[list[str]]) -> tuple[pa.Array, pa.Array]:
     """Per-user sequences -> flat (user, item) string arrays, row order = sequence order."""
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    user_rep = pa.array(users, pa.string()).take(pa.array(np.repeat(np.arange(len(users)), lengths)))
+    user_rep = pa.array(users, pa.string()).take(
+        pa.array(np.repeat(np.arange(len(users)), lengths))
+    )
     flat = pa.array([x for s in seqs for x in s], pa.string())
     return user_rep, flat
 
@@ -656,18 +679,25 @@ def read_amazon2014(cfg: PrepareConfig, folder: Path) -> RawData:
     need_file(item_path, "item text file")
     item_dropped: dict[str, int] = {}
     table = read_delimited(
-        item_path, delimiter="\t", dropped=item_dropped,
+        item_path,
+        delimiter="\t",
+        dropped=item_dropped,
         column_types={n: pa.string() for n in _header_names(item_path, "\t")},
-    )  # fmt: skip
+    )
     require_columns(table, item_path, ["item_id"])
     keys = table.column("item_id").combine_chunks()
     check_unique(keys, item_path, "item_id")
     keys, order = catalogue_from_keys(keys)
     table = table.take(pa.array(order))
     item, keep = map_keys(
-        item_col, keys, path=inter_path, column="item (fields 2..)", catalogue=item_path,
-        on_unknown=cfg.on_unknown_items, dropped=dropped,
-    )  # fmt: skip
+        item_col,
+        keys,
+        path=inter_path,
+        column="item (fields 2..)",
+        catalogue=item_path,
+        on_unknown=cfg.on_unknown_items,
+        dropped=dropped,
+    )
     ids = table.column("asin").combine_chunks() if "asin" in table.column_names else keys
     columns: dict[str, pa.Array] = {"item_id": ids}
     text_columns = []
@@ -691,10 +721,18 @@ def read_amazon2014(cfg: PrepareConfig, folder: Path) -> RawData:
     user, user_ids = encode_ids(user_col)
     user, item = apply_mask([user, item], keep)
     return RawData(
-        user=user, item=item, time=None, user_ids=user_ids, items=pa.table(columns),
-        text_columns=text_columns, rows_read=rows_read, rows_dropped=dropped,
-        item_rows_dropped=item_dropped, source_files=[inter_path, item_path], dataset=dataset,
-    )  # fmt: skip
+        user=user,
+        item=item,
+        time=None,
+        user_ids=user_ids,
+        items=pa.table(columns),
+        text_columns=text_columns,
+        rows_read=rows_read,
+        rows_dropped=dropped,
+        item_rows_dropped=item_dropped,
+        source_files=[inter_path, item_path],
+        dataset=dataset,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -707,9 +745,11 @@ def _read_id_map(path: Path, key_name: str) -> tuple[pa.Array, np.ndarray]:
     Returns (keys ordered by id, ids sorted); duplicate keys or ids are errors.
     """
     table = read_delimited(
-        path, delimiter="\t", header=[key_name, "id"],
+        path,
+        delimiter="\t",
+        header=[key_name, "id"],
         column_types={key_name: pa.string(), "id": pa.int64()},
-    )  # fmt: skip
+    )
     if table.num_rows == 0:
         raise MscgError(f"{path} lists no items.")
     check_unique(table.column(key_name), path, key_name)
@@ -720,16 +760,27 @@ def _read_id_map(path: Path, key_name: str) -> tuple[pa.Array, np.ndarray]:
 
 
 def _map_int_ids(
-    values: np.ndarray, ids: np.ndarray, *, path: Path, column: str, catalogue: Path,
-    on_unknown: str, dropped: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    values: np.ndarray,
+    ids: np.ndarray,
+    *,
+    path: Path,
+    column: str,
+    catalogue: Path,
+    on_unknown: str,
+    dropped: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions of integer ids `values` [N] in the distinct ids `ids` (see resolve_unknown)."""
     pos = int_positions(values, ids)
     first = int(values[np.argmax(pos < 0)]) if (pos < 0).any() else None
     return resolve_unknown(
-        pos, first, path=path, column=column, catalogue=catalogue, on_unknown=on_unknown,
+        pos,
+        first,
+        path=path,
+        column=column,
+        catalogue=catalogue,
+        on_unknown=on_unknown,
         dropped=dropped,
-    )  # fmt: skip
+    )
 
 
 def read_amazon2018(cfg: PrepareConfig, folder: Path) -> RawData:
@@ -761,14 +812,21 @@ def read_amazon2018(cfg: PrepareConfig, folder: Path) -> RawData:
         seqs.append(seq)
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     flat = np.fromiter((x for s in seqs for x in s), dtype=np.int64, count=int(lengths.sum()))
-    user_col = pa.array(users, pa.string()).take(pa.array(np.repeat(np.arange(len(users)), lengths)))
+    user_col = pa.array(users, pa.string()).take(
+        pa.array(np.repeat(np.arange(len(users)), lengths))
+    )
     rows_read = len(flat) + dropped.get("user_without_items", 0)
 
     asins, ids = _read_id_map(item_path, "asin")
     item, keep = _map_int_ids(
-        flat, ids, path=inter_path, column="[item ids]", catalogue=item_path,
-        on_unknown=cfg.on_unknown_items, dropped=dropped,
-    )  # fmt: skip
+        flat,
+        ids,
+        path=inter_path,
+        column="[item ids]",
+        catalogue=item_path,
+        on_unknown=cfg.on_unknown_items,
+        dropped=dropped,
+    )
     columns: dict[str, pa.Array] = {"item_id": asins}
     text_columns: list[str] = []
     sources = [inter_path, item_path]
@@ -795,17 +853,22 @@ def read_amazon2018(cfg: PrepareConfig, folder: Path) -> RawData:
         def row_of(key: str) -> int | None:
             return id_to_row.get(int(key)) if key.lstrip("-").isdigit() else None
 
-        columns[f"codes_{name}"] = parse_code_file(
-            path, len(asins), cfg.on_unknown_items, row_of
-        )
+        columns[f"codes_{name}"] = parse_code_file(path, len(asins), cfg.on_unknown_items, row_of)
         sources.append(path)
     user, user_ids = encode_ids(user_col)
     user, item = apply_mask([user, item], keep)
     return RawData(
-        user=user, item=item, time=None, user_ids=user_ids, items=pa.table(columns),
-        text_columns=text_columns, rows_read=rows_read, rows_dropped=dropped,
-        source_files=sources, dataset=dataset,
-    )  # fmt: skip
+        user=user,
+        item=item,
+        time=None,
+        user_ids=user_ids,
+        items=pa.table(columns),
+        text_columns=text_columns,
+        rows_read=rows_read,
+        rows_dropped=dropped,
+        source_files=sources,
+        dataset=dataset,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -829,14 +892,19 @@ def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:
     dropped: dict[str, int] = {}
     item_dropped: dict[str, int] = {}
     header = _recbole_header(inter_path)
-    names = {f: _recbole_field(header, f, inter_path) for f in ("user_id", "item_id_list", "item_id")}
+    names = {
+        f: _recbole_field(header, f, inter_path) for f in ("user_id", "item_id_list", "item_id")
+    }
     for want, name in names.items():
         if name is None:
             raise MscgError(f"{inter_path} has no column '{want}' (header: {list(header)}).")
     table = read_delimited(
-        inter_path, delimiter="\t", column_types={n: pa.string() for n in names.values()},
-        include=list(names.values()), dropped=dropped,
-    )  # fmt: skip
+        inter_path,
+        delimiter="\t",
+        column_types={n: pa.string() for n in names.values()},
+        include=list(names.values()),
+        dropped=dropped,
+    )
     table = table.rename_columns([n.partition(":")[0] for n in table.column_names])
     if table.num_rows == 0:
         raise MscgError(f"{inter_path} holds no user rows.")
@@ -868,30 +936,41 @@ def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:
         raise MscgError(
             f"{inter_path} columns 'item_id_list'/'item_id' hold a non-integer item ({err})."
         ) from err
-    user_col = table.column("user_id").combine_chunks().take(
-        pa.array(np.repeat(np.arange(n_users), total))
+    user_col = (
+        table.column("user_id")
+        .combine_chunks()
+        .take(pa.array(np.repeat(np.arange(n_users), total)))
     )
     rows_read = len(flat) + sum(v for k, v in dropped.items())
 
     asins, ids = _read_id_map(item_path, "asin")
     item, keep = _map_int_ids(
-        flat, ids, path=inter_path, column="item_id", catalogue=item_path,
-        on_unknown=cfg.on_unknown_items, dropped=dropped,
-    )  # fmt: skip
+        flat,
+        ids,
+        path=inter_path,
+        column="item_id",
+        catalogue=item_path,
+        on_unknown=cfg.on_unknown_items,
+        dropped=dropped,
+    )
     columns: dict[str, pa.Array] = {"item_id": asins}
     text_columns: list[str] = []
     sources = [inter_path, item_path]
     if text_path.exists():
         th = _recbole_header(text_path)
-        id_col, text_col = _recbole_field(th, "item_id", text_path), _recbole_field(
-            th, "text", text_path
+        id_col, text_col = (
+            _recbole_field(th, "item_id", text_path),
+            _recbole_field(th, "text", text_path),
         )
         if id_col is None or text_col is None:
             raise MscgError(f"{text_path} needs columns 'item_id' and 'text' (header: {list(th)}).")
         text = read_delimited(
-            text_path, delimiter="\t", column_types={id_col: pa.string(), text_col: pa.string()},
-            include=[id_col, text_col], dropped=item_dropped,
-        )  # fmt: skip
+            text_path,
+            delimiter="\t",
+            column_types={id_col: pa.string(), text_col: pa.string()},
+            include=[id_col, text_col],
+            dropped=item_dropped,
+        )
         check_unique(text.column(id_col), text_path, "item_id")
         pos = pc.index_in(asins, value_set=text.column(id_col).combine_chunks())
         columns["text"] = blank_to_null(pc.take(text.column(text_col).combine_chunks(), pos))
@@ -908,8 +987,10 @@ def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:
     for name, file in emb_files.items():
         path = need_file(folder / file, f"given '{name}' embedding file")
         if not np.array_equal(ids, np.arange(n_items)):
-            raise MscgError(f"{item_path} indices are not 0..{n_items - 1}, so {path} rows "
-                            "cannot be matched to items.")  # fmt: skip
+            raise MscgError(
+                f"{item_path} indices are not 0..{n_items - 1}, so {path} rows "
+                "cannot be matched to items."
+            )
         values = np.fromfile(path, dtype=np.float32)
         if values.size % n_items:
             raise MscgError(
@@ -921,10 +1002,18 @@ def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:
     user, user_ids = encode_ids(user_col)
     user, item = apply_mask([user, item], keep)
     return RawData(
-        user=user, item=item, time=None, user_ids=user_ids, items=pa.table(columns),
-        text_columns=text_columns, rows_read=rows_read, rows_dropped=dropped,
-        item_rows_dropped=item_dropped, source_files=sources, dataset=dataset,
-    )  # fmt: skip
+        user=user,
+        item=item,
+        time=None,
+        user_ids=user_ids,
+        items=pa.table(columns),
+        text_columns=text_columns,
+        rows_read=rows_read,
+        rows_dropped=dropped,
+        item_rows_dropped=item_dropped,
+        source_files=sources,
+        dataset=dataset,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -939,16 +1028,30 @@ def _first_existing(folder: Path, names: list[str]) -> Path:
 
 
 def _interaction_table_to_raw(
-    table: pa.Table, items: pa.Table, text_columns: list[str], *, cfg: PrepareConfig,
-    inter_path: Path, item_path: Path, rows_read: int, dropped: dict[str, int],
-    item_dropped: dict[str, int], sources: list[Path], dataset: str,
-) -> RawData:  # fmt: skip
+    table: pa.Table,
+    items: pa.Table,
+    text_columns: list[str],
+    *,
+    cfg: PrepareConfig,
+    inter_path: Path,
+    item_path: Path,
+    rows_read: int,
+    dropped: dict[str, int],
+    item_dropped: dict[str, int],
+    sources: list[Path],
+    dataset: str,
+) -> RawData:
     """Shared tail of the timestamped layouts: map ids, convert time and rating."""
     keys = items.column("item_id")
     item, keep = map_keys(
-        table.column("item_id"), keys, path=inter_path, column="item_id", catalogue=item_path,
-        on_unknown=cfg.on_unknown_items, dropped=dropped,
-    )  # fmt: skip
+        table.column("item_id"),
+        keys,
+        path=inter_path,
+        column="item_id",
+        catalogue=item_path,
+        on_unknown=cfg.on_unknown_items,
+        dropped=dropped,
+    )
     user, user_ids = encode_ids(table.column("user_id"))
     ts = table.column("timestamp")
     if pa.types.is_timestamp(ts.type) or pa.types.is_date(ts.type):
@@ -959,10 +1062,19 @@ def _interaction_table_to_raw(
         rating = pc.cast(table.column("rating"), pa.float64()).to_numpy()
     user, item, time, rating = apply_mask([user, item, time, rating], keep)
     return RawData(
-        user=user, item=item, time=time, user_ids=user_ids, items=items,
-        text_columns=text_columns, rows_read=rows_read, rows_dropped=dropped,
-        item_rows_dropped=item_dropped, rating=rating, source_files=sources, dataset=dataset,
-    )  # fmt: skip
+        user=user,
+        item=item,
+        time=time,
+        user_ids=user_ids,
+        items=items,
+        text_columns=text_columns,
+        rows_read=rows_read,
+        rows_dropped=dropped,
+        item_rows_dropped=item_dropped,
+        rating=rating,
+        source_files=sources,
+        dataset=dataset,
+    )
 
 
 def _require_field(table: pa.Table, path: Path, name: str) -> None:
@@ -980,30 +1092,48 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
     generator's miniature layout only.
     """
     dataset = cfg.dataset or find_stem(folder, ".jsonl.gz", ".jsonl", exclude_prefix="meta_")
-    inter_path = folder / cfg.interactions_file if cfg.interactions_file else _first_existing(
-        folder, [f"{dataset}.jsonl.gz", f"{dataset}.jsonl"]
+    inter_path = (
+        folder / cfg.interactions_file
+        if cfg.interactions_file
+        else _first_existing(folder, [f"{dataset}.jsonl.gz", f"{dataset}.jsonl"])
     )
-    item_path = folder / cfg.items_file if cfg.items_file else _first_existing(
-        folder, [f"meta_{dataset}.jsonl.gz", f"meta_{dataset}.jsonl"]
+    item_path = (
+        folder / cfg.items_file
+        if cfg.items_file
+        else _first_existing(folder, [f"meta_{dataset}.jsonl.gz", f"meta_{dataset}.jsonl"])
     )
     dropped: dict[str, int] = {}
-    schema = pa.schema([("user_id", pa.string()), ("parent_asin", pa.string()),
-                        ("timestamp", pa.int64()), ("rating", pa.float64())])  # fmt: skip
+    schema = pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("parent_asin", pa.string()),
+            ("timestamp", pa.int64()),
+            ("rating", pa.float64()),
+        ]
+    )
     table = read_jsonl(inter_path, schema)
     for name in ("user_id", "parent_asin", "timestamp"):
         _require_field(table, inter_path, name)
     table = table.rename_columns(["user_id", "item_id", "timestamp", "rating"])
     rows_read = table.num_rows
     table = drop_missing(
-        table, {"user_id": "missing_user", "item_id": "missing_item",
-                "timestamp": "missing_timestamp"}, dropped,
-    )  # fmt: skip
+        table,
+        {"user_id": "missing_user", "item_id": "missing_item", "timestamp": "missing_timestamp"},
+        dropped,
+    )
     if cfg.min_rating is not None:
         table = drop_missing(table, {"rating": "missing_rating"}, dropped)
     lst = pa.list_(pa.string())
-    meta_schema = pa.schema([("parent_asin", pa.string()), ("title", pa.string()),
-                             ("features", lst), ("description", lst), ("categories", lst),
-                             ("store", pa.string())])  # fmt: skip
+    meta_schema = pa.schema(
+        [
+            ("parent_asin", pa.string()),
+            ("title", pa.string()),
+            ("features", lst),
+            ("description", lst),
+            ("categories", lst),
+            ("store", pa.string()),
+        ]
+    )
     meta = read_jsonl(item_path, meta_schema)
     _require_field(meta, item_path, "parent_asin")
     item_dropped: dict[str, int] = {}
@@ -1020,10 +1150,18 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
     if empty:
         item_dropped["empty_image_file"] = empty
     return _interaction_table_to_raw(
-        table, pa.table(columns), text_columns, cfg=cfg, inter_path=inter_path,
-        item_path=item_path, rows_read=rows_read, dropped=dropped, item_dropped=item_dropped,
-        sources=[inter_path, item_path], dataset=dataset,
-    )  # fmt: skip
+        table,
+        pa.table(columns),
+        text_columns,
+        cfg=cfg,
+        inter_path=inter_path,
+        item_path=item_path,
+        rows_read=rows_read,
+        dropped=dropped,
+        item_dropped=item_dropped,
+        sources=[inter_path, item_path],
+        dataset=dataset,
+    )
 
 
 PIXELREC_TEXT = ("title", "title_en", "tag", "description")
@@ -1044,13 +1182,20 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
     item_path = folder / (cfg.items_file or f"item_info/{dataset}.csv")
     dropped: dict[str, int] = {}
     table = read_delimited(
-        inter_path, delimiter=",", quoted=True, dropped=dropped,
+        inter_path,
+        delimiter=",",
+        quoted=True,
+        dropped=dropped,
         column_types={"item_id": pa.string(), "user_id": pa.string()},
-    )  # fmt: skip
+    )
     require_columns(table, inter_path, ["item_id", "user_id", "timestamp"])
     ts_type = table.column("timestamp").type
-    if not (pa.types.is_integer(ts_type) or pa.types.is_floating(ts_type)
-            or pa.types.is_timestamp(ts_type) or pa.types.is_null(ts_type)):  # fmt: skip
+    if not (
+        pa.types.is_integer(ts_type)
+        or pa.types.is_floating(ts_type)
+        or pa.types.is_timestamp(ts_type)
+        or pa.types.is_null(ts_type)
+    ):
         ts = table.column("timestamp").cast(pa.string())
         numeric = pc.match_substring_regex(ts, r"^\s*-?\d+(\.\d*)?\s*$")
         first = pc.filter(ts, pc.invert(pc.fill_null(numeric, True)))[0].as_py()
@@ -1062,12 +1207,18 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
         raise MscgError(f"{inter_path} holds no interaction rows.")
     table = table.select(["user_id", "item_id", "timestamp"])
     table = drop_missing(
-        table, {"user_id": "missing_user", "item_id": "missing_item",
-                "timestamp": "missing_timestamp"}, dropped,
-    )  # fmt: skip
+        table,
+        {"user_id": "missing_user", "item_id": "missing_item", "timestamp": "missing_timestamp"},
+        dropped,
+    )
     item_dropped: dict[str, int] = {}
-    info = read_delimited(item_path, delimiter=",", quoted=True, dropped=item_dropped,
-                          column_types={"item_id": pa.string()})  # fmt: skip
+    info = read_delimited(
+        item_path,
+        delimiter=",",
+        quoted=True,
+        dropped=item_dropped,
+        column_types={"item_id": pa.string()},
+    )
     require_columns(info, item_path, ["item_id"])
     if info.num_rows == 0:
         raise MscgError(f"{item_path} lists no items.")
@@ -1082,10 +1233,18 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
     if empty:
         item_dropped["empty_image_file"] = empty
     return _interaction_table_to_raw(
-        table, pa.table(columns), text_columns, cfg=cfg, inter_path=inter_path,
-        item_path=item_path, rows_read=rows_read, dropped=dropped, item_dropped=item_dropped,
-        sources=[inter_path, item_path], dataset=dataset,
-    )  # fmt: skip
+        table,
+        pa.table(columns),
+        text_columns,
+        cfg=cfg,
+        inter_path=inter_path,
+        item_path=item_path,
+        rows_read=rows_read,
+        dropped=dropped,
+        item_dropped=item_dropped,
+        sources=[inter_path, item_path],
+        dataset=dataset,
+    )
 
 
 def read_ml100k_wheel(cfg: PrepareConfig, folder: Path) -> RawData:

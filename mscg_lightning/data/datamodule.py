@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mscg_lightning.artifacts import read_manifest, read_table
 from mscg_lightning.errors import MscgError
@@ -86,6 +86,15 @@ class NextItemDataset(Dataset):
     def __len__(self) -> int:
         return len(self.row)
 
+    def sample_lengths(self) -> np.ndarray:
+        """History length of every sample (before padding): [len(self)]."""
+        return np.minimum(self.end - self.offsets[self.row], self.max_history)
+
+    def sort_by_length(self) -> None:
+        """Reorder the samples by history length (stable): batches of similar lengths."""
+        order = np.argsort(self.sample_lengths(), kind="stable")
+        self.row, self.end = self.row[order], self.end[order]
+
     def __getitem__(self, i: int) -> dict:
         row, end = self.row[i], self.end[i]
         start = max(self.offsets[row], end - self.max_history)
@@ -127,6 +136,10 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.row)
 
+    def sample_lengths(self) -> np.ndarray:
+        """Number of targets (= inputs) of every window: [len(self)]."""
+        return self.end - self.start
+
     def __getitem__(self, i: int) -> dict:
         start, end = self.start[i], self.end[i]
         return {
@@ -155,6 +168,46 @@ def collate_next_item(batch: list[dict], max_history: int) -> dict[str, torch.Te
         "history": pad_left([b["history"] for b in batch], max_history),
         "target": torch.tensor([b["target"] for b in batch], dtype=torch.long),
     }
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A random order of ``lengths`` in which each run of ``batch_size`` indices has similar lengths.
+
+    Indices are shuffled, cut into groups of ``group_batches`` batches, sorted by length within
+    a group and cut into batches; the batches are shuffled (a final short batch stays last, so
+    that the DataLoader's own batching stays aligned). Models that trim padding columns then
+    compute on little padding, at the price of slightly correlated batches.
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, group_batches: int = 64, seed: int = 0
+    ) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.group_batches = group_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this before each epoch; a different order per epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1  # a new order on the next pass also without set_epoch
+        perm = rng.permutation(len(self.lengths))
+        group = self.batch_size * self.group_batches
+        batches = []
+        for start in range(0, len(perm), group):
+            chunk = perm[start : start + group]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        order = rng.permutation(len(batches))
+        return iter(int(i) for b in [batches[j] for j in order] + tail for i in b)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -191,6 +244,10 @@ class SequenceDataModule(L.LightningDataModule):
             ``windows`` (whole windows, ``targets`` [B, max_history]; for causal models such as
             SASRec, same targets as ``per_item`` samples, several times faster). ``windows``
             needs ``per_item`` targets.
+        group_by_length: train batches of similar history lengths (:class:`LengthGroupedSampler`)
+            and valid/test rows sorted by history length, so that a model that drops all-padding
+            columns computes little padding (SASRec does; per-user metrics do not change).
+        seed: seed of the length-grouped train order.
     """
 
     def __init__(
@@ -202,6 +259,8 @@ class SequenceDataModule(L.LightningDataModule):
         target_mode: Literal["per_item", "last_item"] | None = None,
         num_workers: int = 0,
         train_mode: Literal["samples", "windows"] = "samples",
+        group_by_length: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.prepared_dir = prepared_dir
@@ -211,6 +270,8 @@ class SequenceDataModule(L.LightningDataModule):
         self.target_mode = target_mode
         self.num_workers = num_workers
         self.train_mode = train_mode
+        self.group_by_length = group_by_length
+        self.seed = seed
         self.datasets: dict[str, Dataset] = {}
 
     @property
@@ -253,10 +314,15 @@ class SequenceDataModule(L.LightningDataModule):
                 table.column("target").to_numpy(),
                 max_history=self.max_history,
             )
+            if self.group_by_length:
+                self.datasets[split].sort_by_length()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
         sampler = None if shuffle or not _distributed() else UnpaddedDistributedSampler(dataset)
+        if shuffle and self.group_by_length:
+            # Under DDP Lightning wraps this sampler in a distributed one (order kept per rank).
+            sampler = LengthGroupedSampler(dataset.sample_lengths(), self.batch_size, seed=self.seed)
         collate = collate_windows if isinstance(dataset, WindowDataset) else collate_next_item
         return DataLoader(
             dataset,

@@ -24,7 +24,15 @@ from PIL import Image
 from mscg_lightning.data.prepare import PrepareConfig
 from mscg_lightning.data.recbole_wheel import MEMBER_DIR, WHEEL_NAME
 
-LAYOUTS = ("recbole", "ml100k_wheel", "amazon2014", "amazon2018", "unisrec", "amazon2023", "pixelrec")
+LAYOUTS = (
+    "recbole",
+    "ml100k_wheel",
+    "amazon2014",
+    "amazon2018",
+    "unisrec",
+    "amazon2023",
+    "pixelrec",
+)
 # The dataset stem each fixture layout uses.
 FIXTURE_DATASETS = {
     "recbole": "tiny",
@@ -100,8 +108,10 @@ def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int
     data: list[bytes] = []
     for i, name in enumerate(names):
         ext = ".png" if i % 3 == 2 else ".jpg"
-        payload = data[truth.dup_of[i]] if truth.dup_of[i] != i else _image_bytes(
-            rng, "PNG" if ext == ".png" else "JPEG"
+        payload = (
+            data[truth.dup_of[i]]
+            if truth.dup_of[i] != i
+            else _image_bytes(rng, "PNG" if ext == ".png" else "JPEG")
         )
         data.append(payload)
         if i in truth.no_image:
@@ -113,8 +123,11 @@ def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int
 
 
 def _flat(truth: FixtureTruth) -> list[tuple[int, int, int]]:
-    return [(u, it, t) for u, (s, ts) in enumerate(zip(truth.sequences, truth.times))
-            for it, t in zip(s, ts)]  # fmt: skip
+    return [
+        (u, it, t)
+        for u, (s, ts) in enumerate(zip(truth.sequences, truth.times))
+        for it, t in zip(s, ts)
+    ]
 
 
 def _write_recbole(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> None:
@@ -156,8 +169,10 @@ def _write_amazon2014(folder: Path, stem: str, truth: FixtureTruth) -> None:
         for i in range(truth.n_items):
             title = "" if i % 11 == 3 else _title(i)  # a few empty titles, attributes remain
             f.write(f"{i + 1}\t{_asin(i)}\t{title}\tBrand{i % 4}|Beauty|{WORDS[i % 10]}\n")
-    codes = {str(i): [f"<a_{i % 7}>", f"<b_{i % 5}>", f"<c_{i % 3}>", f"<d_{i}>"]
-             for i in range(truth.n_items)}  # fmt: skip
+    codes = {
+        str(i): [f"<a_{i % 7}>", f"<b_{i % 5}>", f"<c_{i % 3}>", f"<d_{i}>"]
+        for i in range(truth.n_items)
+    }
     (folder / f"LETTER_{stem}.index.json").write_text(json.dumps(codes))
 
 
@@ -169,14 +184,20 @@ def _write_amazon2018(folder: Path, stem: str, truth: FixtureTruth) -> None:
     lines = [f"{_asin(i)}\t{i}\n" for i in range(truth.n_items)]
     (folder / f"{stem}.item2id").write_text("".join(lines[1::2] + lines[0::2]))
     for name, mult in (("lemb", 3), ("vitemb", 5)):
-        codes = {str(i): [f"<a_{(i * mult) % 9}>", f"<b_{i % 4}>", f"<c_{i % 6}>", f"<d_{i}>"]
-                 for i in range(truth.n_items)}  # fmt: skip
+        codes = {
+            str(i): [f"<a_{(i * mult) % 9}>", f"<b_{i % 4}>", f"<c_{i % 6}>", f"<d_{i}>"]
+            for i in range(truth.n_items)
+        }
         (folder / f"{stem}.index_{name}.json").write_text(json.dumps(codes, indent=2))
     with open(folder / "items_text.jsonl", "w", encoding="utf-8") as f:
         for i in range(truth.n_items):
-            row = {"asin": _asin(i), "item_id": i, "title": _title(i),
-                   "brand": "" if i % 6 == 1 else f"Brand{i % 4}",
-                   "categories": f"Musical Instruments,{WORDS[i % 10].title()}"}  # fmt: skip
+            row = {
+                "asin": _asin(i),
+                "item_id": i,
+                "title": _title(i),
+                "brand": "" if i % 6 == 1 else f"Brand{i % 4}",
+                "categories": f"Musical Instruments,{WORDS[i % 10].title()}",
+            }
             f.write(json.dumps(row) + "\n")
 
 
@@ -215,20 +236,45 @@ def _write_amazon2023(folder: Path, stem: str, truth: FixtureTruth, seed: int) -
     with gzip.open(folder / f"{stem}.jsonl.gz", "wt", encoding="utf-8") as f:
         for k in order:
             u, it, t = rows[k]
-            f.write(json.dumps({"rating": float(1 + (u + it) % 5), "title": "ok", "text": "fine",
-                                "images": [], "asin": _asin(it), "parent_asin": _asin(it),
-                                "user_id": f"AG{u:06d}", "timestamp": t * 1000,
-                                "helpful_vote": 0, "verified_purchase": True}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "rating": float(1 + (u + it) % 5),
+                        "title": "ok",
+                        "text": "fine",
+                        "images": [],
+                        "asin": _asin(it),
+                        "parent_asin": _asin(it),
+                        "user_id": f"AG{u:06d}",
+                        "timestamp": t * 1000,
+                        "helpful_vote": 0,
+                        "verified_purchase": True,
+                    }
+                )
+                + "\n"
+            )
     with open(folder / f"meta_{stem}.jsonl", "w", encoding="utf-8") as f:
         for i in range(truth.n_items):
-            f.write(json.dumps({"main_category": "All Beauty", "title": _title(i),
-                                "average_rating": 4.5, "rating_number": 10,
-                                "features": [] if i % 4 == 0 else [f"feature {i}", "shiny"],
-                                "description": [f"A {WORDS[i % 10]} product."],
-                                "price": None, "images": [], "videos": [],
-                                "store": f"Store{i % 3}",
-                                "categories": ["Beauty", WORDS[i % 10].title()],
-                                "details": {"k": "v"}, "parent_asin": _asin(i)}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {
+                        "main_category": "All Beauty",
+                        "title": _title(i),
+                        "average_rating": 4.5,
+                        "rating_number": 10,
+                        "features": [] if i % 4 == 0 else [f"feature {i}", "shiny"],
+                        "description": [f"A {WORDS[i % 10]} product."],
+                        "price": None,
+                        "images": [],
+                        "videos": [],
+                        "store": f"Store{i % 3}",
+                        "categories": ["Beauty", WORDS[i % 10].title()],
+                        "details": {"k": "v"},
+                        "parent_asin": _asin(i),
+                    }
+                )
+                + "\n"
+            )
     _write_images(folder / "images", [_asin(i) for i in range(truth.n_items)], truth, seed)
 
 

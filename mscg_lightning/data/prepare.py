@@ -21,7 +21,7 @@ Everything is vectorised numpy/pyarrow: no Python loop per interaction.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -107,7 +107,9 @@ class PrepareConfig:
         if self.target_mode not in ("per_item", "last_item"):
             raise MscgError(f"prepare.target_mode '{self.target_mode}' is not per_item/last_item.")
         if self.on_unknown_items not in ("error", "drop"):
-            raise MscgError(f"prepare.on_unknown_items '{self.on_unknown_items}' is not error/drop.")
+            raise MscgError(
+                f"prepare.on_unknown_items '{self.on_unknown_items}' is not error/drop."
+            )
         if self.path is None and self.adapter != "ml100k_wheel":
             raise MscgError(f"prepare.path is required for adapter '{self.adapter}'.")
 
@@ -289,7 +291,9 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     has_images = "image_path" in items.column_names
     if cfg.drop_items_without_image:
         if not has_images:
-            raise MscgError(f"prepare.drop_items_without_image: layout '{cfg.adapter}' has no images.")
+            raise MscgError(
+                f"prepare.drop_items_without_image: layout '{cfg.adapter}' has no images."
+            )
         keep_rows(_has_value(items.column("image_path"))[item], "item_without_image")
     merged = 0
     if cfg.dedup_images and has_images:
@@ -297,7 +301,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
         merged = int((rep != np.arange(n_catalogue)).sum())
         item = rep[item]
 
-    # k-core on compact ids (bincount sizes follow the ids in use).
+    # Users need >= 3 interactions whatever k_core is: one each for train, valid and test.
     keep, passes = kcore_mask(user, item, max(cfg.k_core, 3), max(cfg.k_core, 1))
     keep_rows(keep, "k_core")
     if len(user) == 0:
@@ -317,10 +321,11 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     splits = leave_one_out(user, item, len(kept_users), cfg.max_history)
 
     items_table = pa.table(
-        {"item_idx": pa.array(np.arange(len(kept_items), dtype=np.int32)), **{
-            name: items.column(name) for name in items.column_names
-        }}
-    )  # fmt: skip
+        {
+            "item_idx": pa.array(np.arange(len(kept_items), dtype=np.int32)),
+            **{name: items.column(name) for name in items.column_names},
+        }
+    )
     users_table = pa.table(
         {
             "user_idx": pa.array(np.arange(len(kept_users), dtype=np.int32)),
@@ -407,9 +412,10 @@ def _content_mask(items: pa.Table, text_columns: list[str]) -> dict[str, np.ndar
         text |= masks[f"text_{name}"]
     masks["text"] = text
     masks["image"] = (
-        _has_value(items.column("image_path")) if "image_path" in items.column_names
+        _has_value(items.column("image_path"))
+        if "image_path" in items.column_names
         else np.zeros(n, dtype=bool)
-    )  # fmt: skip
+    )
     for name in items.column_names:
         if name.startswith(("emb_", "codes_")):
             masks[name] = _has_value(items.column(name))
@@ -443,5 +449,5 @@ def _check_content(items: pa.Table, raw: RawData, cfg: PrepareConfig) -> None:
 
 
 def config_for(adapter: str, path: str | Path | None = None, **kwargs: object) -> PrepareConfig:
-    """A PrepareConfig with defaults (convenience for tests and scripts)."""
-    return replace(PrepareConfig(adapter=adapter), path=None if path is None else str(path), **kwargs)  # type: ignore[arg-type]
+    """A PrepareConfig with defaults and `path` given as str or Path (for scripts and tests)."""
+    return PrepareConfig(adapter=adapter, path=None if path is None else str(path), **kwargs)  # type: ignore[arg-type]

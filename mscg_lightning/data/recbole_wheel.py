@@ -41,8 +41,17 @@ def _sha256(path: Path) -> str:
 
 def _run_pip(dest: Path) -> subprocess.CompletedProcess:
     """`python -m pip download --no-deps recbole==1.2.1 -d dest` (a seam for tests)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           f"recbole=={RECBOLE_VERSION}", "-d", str(dest)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        f"recbole=={RECBOLE_VERSION}",
+        "-d",
+        str(dest),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -62,7 +71,9 @@ def download_wheel(cache: Path | None = None) -> Path:
         try:
             result = _run_pip(tmp)
         except (OSError, subprocess.TimeoutExpired) as err:
-            raise MscgError(f"could not run pip to download {WHEEL_NAME} ({err}); {FALLBACK}.") from err
+            raise MscgError(
+                f"could not run pip to download {WHEEL_NAME} ({err}); {FALLBACK}."
+            ) from err
         got = tmp / WHEEL_NAME
         if result.returncode != 0 or not got.is_file():
             last = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
@@ -98,7 +109,9 @@ def ml100k_dir(cache: Path | None = None) -> Path:
                 for name in MEMBERS:
                     (tmp / name).write_bytes(zf.read(f"{MEMBER_DIR}/{name}"))
         except KeyError as err:
-            raise MscgError(f"{wheel} has no member {err}; delete it and retry, {FALLBACK}.") from err
+            raise MscgError(
+                f"{wheel} has no member {err}; delete it and retry, {FALLBACK}."
+            ) from err
         except zipfile.BadZipFile as err:
             raise MscgError(f"{wheel} is not a valid wheel ({err}); delete it and retry.") from err
         if out.exists():

@@ -27,7 +27,12 @@ from mscg_lightning.errors import MscgError
 
 
 def test_plain_ints_accepts_only_canonical_integers() -> None:
-    assert plain_ints(pa.array(["12", "-3", "0", "999999999999"])).tolist() == [12, -3, 0, 999999999999]
+    assert plain_ints(pa.array(["12", "-3", "0", "999999999999"])).tolist() == [
+        12,
+        -3,
+        0,
+        999999999999,
+    ]
     for bad in (["012"], ["1", " 2"], ["+1"], ["-0"], ["1a"], ["1.0"], ["10", None]):
         assert plain_ints(pa.array(bad, pa.string())) is None, bad
 
@@ -71,7 +76,9 @@ def test_map_keys_unknown_policy() -> None:
     dropped: dict[str, int] = {}
     with pytest.raises(MscgError, match="x.inter column 'item_id' references item 'z'.*x.item"):
         map_keys(pa.array(["a", "z", "b"]), keys, on_unknown="error", dropped=dropped, **kwargs)
-    pos, keep = map_keys(pa.array(["a", "z", "b"]), keys, on_unknown="drop", dropped=dropped, **kwargs)
+    pos, keep = map_keys(
+        pa.array(["a", "z", "b"]), keys, on_unknown="drop", dropped=dropped, **kwargs
+    )
     assert pos[keep].tolist() == [0, 1] and dropped == {"unknown_item": 1}
 
 
@@ -114,8 +121,10 @@ def test_recbole_reads_text_columns_and_order(tmp_path: Path) -> None:
     # Interactions keep the (shuffled) file order; each row maps back to the right ids.
     truth = fixture_truth()
     pairs = {(u + 1, i + 1) for u, s in enumerate(truth.sequences) for i in s}
-    got = {(int(raw.user_ids[int(u)].as_py()), int(raw.items.column("item_id")[int(i)].as_py()))
-           for u, i in zip(raw.user[:50], raw.item[:50])}  # fmt: skip
+    got = {
+        (int(raw.user_ids[int(u)].as_py()), int(raw.items.column("item_id")[int(i)].as_py()))
+        for u, i in zip(raw.user[:50], raw.item[:50])
+    }
     assert got <= pairs
 
 

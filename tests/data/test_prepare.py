@@ -25,6 +25,7 @@ from mscg_lightning.data.prepare import (
     leave_one_out,
     prepare,
 )
+from mscg_lightning.errors import MscgError
 
 # Raw id -> ground-truth index, per layout (see fixtures.py for the spellings).
 ITEM_INDEX = {
@@ -75,9 +76,10 @@ def test_kcore_matches_naive_reference(seed: int) -> None:
     assert keep.tolist() == expected
     assert passes >= 2  # this data needs more than one round
     # Every survivor satisfies the thresholds (the k-core property itself).
-    assert np.bincount(user[keep]).max(initial=0) == 0 or (
-        np.bincount(user[keep])[np.unique(user[keep])] >= 5
-    ).all()
+    assert (
+        np.bincount(user[keep]).max(initial=0) == 0
+        or (np.bincount(user[keep])[np.unique(user[keep])] >= 5).all()
+    )
     assert (np.bincount(item[keep])[np.unique(item[keep])] >= 4).all()
 
 
@@ -171,7 +173,9 @@ def test_stats_account_for_every_row(layout: str, tmp_path: Path) -> None:
     manifest = read_manifest(target)
     for key in ("users", "items", "interactions"):
         assert manifest.rows[key] == stats[key]
-    assert manifest.rows["train"] == manifest.rows["valid"] == manifest.rows["test"] == stats["users"]
+    assert (
+        manifest.rows["train"] == manifest.rows["valid"] == manifest.rows["test"] == stats["users"]
+    )
 
 
 def test_kcore_counts_against_naive_reference_on_fixture(tmp_path: Path) -> None:
@@ -241,7 +245,11 @@ def test_image_dedup_maps_identical_images_to_smallest_item(layout: str, tmp_pat
     assert stats["items_merged_identical_image"] == len(merged)
     assert stats["item_rows_dropped"] == {"empty_image_file": 1}
     # The empty image file counts as no image.
-    no_img = items["item_id"][item_truth.index(truth.no_image[0])] if truth.no_image[0] in item_truth else None
+    no_img = (
+        items["item_id"][item_truth.index(truth.no_image[0])]
+        if truth.no_image[0] in item_truth
+        else None
+    )
     paths = dict(zip(items["item_id"], items["image_path"]))
     if no_img is not None:
         assert paths[no_img] is None
@@ -298,3 +306,13 @@ def test_real_data_counts(adapter: str, folder: str, counts: tuple, tmp_path: Pa
     stats = json.loads((target / "stats.json").read_text())
     assert (stats["users"], stats["items"], stats["interactions"]) == counts
     assert stats["coverage"]["text"] == 1.0
+
+
+def test_config_for_and_validation() -> None:
+    from mscg_lightning.data.prepare import config_for
+
+    cfg = config_for("recbole", Path("/data/x"), max_history=7)
+    assert (cfg.adapter, cfg.path, cfg.max_history, cfg.k_core) == ("recbole", "/data/x", 7, 5)
+    with pytest.raises(MscgError, match="prepare.path is required"):
+        config_for("recbole").validate()
+    config_for("ml100k_wheel").validate()  # the embedded default needs no path

@@ -139,7 +139,7 @@ def run(ctx: StageContext) -> Manifest | None:
     missing = _missing_table(num_items, item_idx, reasons)
     pq.write_table(missing, out / "missing.parquet")
     if len(missing):
-        log.warning("dino_rq: %d items have no usable image (%s)", len(missing), out / "missing.parquet")
+        log.warning("dino_rq: %d items have no usable image (see missing.parquet)", len(missing))
     diag["mode"] = mode
     diag["missing"] = len(missing)
     diag["missing_reasons"] = dict(collections.Counter(missing.column("reason").to_pylist()))

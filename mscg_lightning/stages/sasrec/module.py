@@ -14,6 +14,18 @@ from mscg_lightning.metrics import RetrievalMetrics
 from mscg_lightning.stages.sasrec.model import SASRec
 
 
+def trim_left_padding(history: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
+    """Drop the leading columns that are padding in every row: [B, T] -> [B, T'].
+
+    SASRec counts positions from the right, so this changes no output; batches of similar
+    lengths (``group_by_length``) then skip most of the padding compute. ``aligned`` tensors
+    ([B, T], e.g. window targets) are cut the same way. Returns ``(history, *aligned)``.
+    """
+    real = (history >= 0).any(dim=0)
+    first = int(real.float().argmax()) if bool(real.any()) else history.shape[1] - 1
+    return (history[:, first:], *(t[:, first:] for t in aligned))
+
+
 def mask_items(scores: Tensor, history: Tensor) -> Tensor:
     """Set the scores of each user's history items to -inf (in place).
 
@@ -76,13 +88,13 @@ class SASRecModule(L.LightningModule):
         self.test_result: dict[str, dict[str, float]] | None = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        history = batch["history"]
         if "targets" in batch:  # whole windows: every non-padding position is a target
-            targets = batch["targets"]
+            history, targets = trim_left_padding(batch["history"], batch["targets"])
             keep = targets >= 0
             hidden = self.model(history)[keep]  # [M, D], only positions with a target
             targets = targets[keep]
         else:
+            (history,) = trim_left_padding(batch["history"])
             hidden = self.model.last_hidden(history)
             targets = batch["target"]
         # Logits over the whole catalogue for the selected positions only: [M, N].
@@ -93,7 +105,8 @@ class SASRecModule(L.LightningModule):
     @torch.no_grad()
     def rank(self, history: Tensor, k: int) -> Tensor:
         """Top-``k`` item_idx per user, best first: history [B, T] -> [B, k]."""
-        scores = self.model.scores(self.model.last_hidden(history))
+        (trimmed,) = trim_left_padding(history)
+        scores = self.model.scores(self.model.last_hidden(trimmed))
         if self.hparams.mask_history:
             mask_items(scores, history)
         return scores.topk(min(k, scores.shape[1]), dim=1).indices

@@ -1,0 +1,325 @@
+"""Does RQ-DINO learn semantic codes? CIFAR-10 codes vs class labels, against post-hoc RQ.
+
+On the real labelled images of ``../shared/data/cifar10-test`` (10,000 32x32 JPEGs), split with
+a seeded permutation into 8,000 training and 2,000 evaluation images, a small ViT is trained
+from scratch with RQ-DINO (``RQDinoModule`` + ``ImageDataModule``, Lightning, CPU) for a bounded
+time; the schedules span the number of steps that fit in ``--minutes`` (measured on a few
+calibration steps). Then, on the evaluation images (eval transform, student CLS):
+
+* ``rq_dino``: the codes of the quantizer trained inside RQ-DINO;
+* ``post_hoc_untrained``: the same ViT architecture at its random initialisation, frozen, CLS
+  -> residual k-means (``ResidualQuantizer.init_codebooks``, fitted on the training split);
+* ``post_hoc_trained``: the RQ-DINO-trained backbone, frozen, CLS -> residual k-means.
+
+Reported per method: NMI (arithmetic normalisation, as scikit-learn's default) and purity
+between the labels and the level-1 codes, the level-1..2 prefix and the full L-code prefix
+(with L x K = 3 x 16 most full prefixes are near-unique on 2,000 images, which inflates both
+scores: the level-1 figures are the comparison that matters), plus the code usage and
+perplexity of level 1 and a 20-NN cosine classifier accuracy of the two backbones' CLS
+embeddings (train -> eval) as a check that the representation itself learned.
+
+    python benchmarks/dino_rq_semantics.py               # ~20 min -> results/dino_rq_semantics.json
+    python benchmarks/dino_rq_semantics.py --quick       # 1-2 min -> results/dino_rq_semantics_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from _common import append_row, machine_info, write_result  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "cifar10-test"
+
+
+# -- clustering scores (numpy, small enough to check by hand) ----------------------------------
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Counts ``[n_clusters, n_labels]`` of (cluster, label) pairs; ids relabelled densely."""
+    _, y = np.unique(labels, return_inverse=True)
+    _, c = np.unique(clusters, return_inverse=True)
+    table = np.zeros((c.max() + 1, y.max() + 1), dtype=np.int64)
+    np.add.at(table, (c, y), 1)
+    return table
+
+
+def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Normalised mutual information ``I(Y; C) / ((H(Y) + H(C)) / 2)``, in [0, 1]."""
+    table = contingency(labels, clusters).astype(np.float64)
+    n = table.sum()
+    h_y, h_c = _entropy(table.sum(0)), _entropy(table.sum(1))
+    joint = table[table > 0] / n
+    outer = (table.sum(1, keepdims=True) @ table.sum(0, keepdims=True))[table > 0] / n**2
+    mutual = float((joint * np.log(joint / outer)).sum())
+    denom = (h_y + h_c) / 2
+    return mutual / denom if denom > 0 else 1.0
+
+
+def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Share of items whose label is the majority label of their cluster."""
+    table = contingency(labels, clusters)
+    return float(table.max(1).sum() / table.sum())
+
+
+def prefix_ids(codes: np.ndarray, levels: int) -> np.ndarray:
+    """One cluster id per row for the first ``levels`` codes of ``codes`` [N, L]."""
+    _, ids = np.unique(codes[:, :levels], axis=0, return_inverse=True)
+    return ids.reshape(-1)
+
+
+def knn_accuracy(
+    train: torch.Tensor, train_y: np.ndarray, test: torch.Tensor, test_y: np.ndarray, k: int = 20
+) -> float:
+    """Majority vote of the ``k`` nearest training rows (cosine) for each test row."""
+    a = torch.nn.functional.normalize(train.float(), dim=1)
+    b = torch.nn.functional.normalize(test.float(), dim=1)
+    neighbours = (b @ a.T).topk(k, dim=1).indices.numpy()
+    votes = train_y[neighbours]
+    pred = np.array([np.bincount(v, minlength=train_y.max() + 1).argmax() for v in votes])
+    return float((pred == test_y).mean())
+
+
+def code_scores(labels: np.ndarray, codes: np.ndarray, codebook_size: int) -> dict[str, float]:
+    """NMI / purity at level 1, levels 1-2 and all levels, and level-1 usage / perplexity."""
+    out: dict[str, float] = {}
+    levels = codes.shape[1]
+    for name, depth in (("l1", 1), ("l12", min(2, levels)), ("full", levels)):
+        ids = prefix_ids(codes, depth)
+        out[f"nmi_{name}"] = round(nmi(labels, ids), 4)
+        out[f"purity_{name}"] = round(purity(labels, ids), 4)
+        out[f"distinct_{name}"] = int(ids.max() + 1)
+    counts = np.bincount(codes[:, 0], minlength=codebook_size)
+    out["usage_l1"] = int((counts > 0).sum())
+    out["perplexity_l1"] = round(math.exp(_entropy(counts)), 2)
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------
+def load_split(data: Path, n_train: int, n_eval: int, seed: int):
+    """(train files, train labels, eval files, eval labels) from a seeded permutation."""
+    with open(data / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    order = np.random.default_rng(seed).permutation(len(rows))
+    files = np.array([str(data / r["file"]) for r in rows])
+    labels = np.array([int(r["label"]) for r in rows])
+    tr, ev = order[:n_train], order[n_train : n_train + n_eval]
+    return files[tr].tolist(), labels[tr], files[ev].tolist(), labels[ev]
+
+
+def embed(backbone: torch.nn.Module, files: list[str], size: int) -> torch.Tensor:
+    """CLS embeddings [N, D] of image files with the eval transform (as the stage exports)."""
+    from mscg_lightning.stages.dino_rq.data import ImageDataModule
+    from mscg_lightning.stages.dino_rq.stage import embed_items
+
+    data = ImageDataModule(image_paths=files, batch_size=256, global_size=size)
+    data.setup()
+    item_idx, emb, failed = embed_items(backbone, data)
+    if failed or len(item_idx) != len(files):
+        raise RuntimeError(f"{len(files) - len(item_idx)} images could not be read")
+    return emb
+
+
+def post_hoc_codes(
+    train_emb: torch.Tensor, eval_emb: torch.Tensor, levels: int, k: int, seed: int
+) -> np.ndarray:
+    """Residual k-means fitted on the training embeddings; codes [N_eval, L] of the eval ones."""
+    from mscg_lightning.stages.rq.quantizer import ResidualQuantizer
+
+    torch.manual_seed(seed)
+    rq = ResidualQuantizer(train_emb.shape[1], levels=levels, codebook_size=k, kmeans_iters=25)
+    rq.init_codebooks(train_emb)
+    return rq.encode(eval_emb).numpy()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=18.0, help="training time budget")
+    parser.add_argument("--quick", action="store_true", help="1-2 min smoke run")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="augmentation worker processes")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--codebook", type=int, default=16)
+    args = parser.parse_args(argv)
+    if not (args.data / "labels.csv").is_file():
+        raise SystemExit(f"{args.data}/labels.csv not found: pass --data")
+
+    import lightning as L
+
+    from mscg_lightning.stages.dino_rq.data import ImageDataModule
+    from mscg_lightning.stages.dino_rq.module import RQDinoModule
+
+    torch.set_num_threads(args.threads)
+    L.seed_everything(args.seed, workers=True)
+    start_all = time.perf_counter()
+    if args.quick:
+        n_train, n_eval, minutes = 1000, 500, min(args.minutes, 0.75)
+        vit = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        n_prototypes, head_hidden = 256, 256
+    else:
+        n_train, n_eval, minutes = 8000, 2000, args.minutes
+        vit = {"hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3}
+        n_prototypes, head_hidden = 1024, 512
+    vit.update({"patch_size": 4, "image_size": 32, "mlp_ratio": 4, "layerscale_value": 1e-5})
+    train_files, train_y, eval_files, eval_y = load_split(args.data, n_train, n_eval, args.seed)
+
+    model_kwargs = dict(
+        backbone_config=vit,
+        n_prototypes=n_prototypes,
+        head_hidden_dim=head_hidden,
+        head_bottleneck_dim=256,
+        rq_levels=args.levels,
+        rq_codebook_size=args.codebook,
+        momentum_teacher=0.992,
+    )
+    data = ImageDataModule(
+        image_paths=train_files,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        global_size=32,
+        local_size=16,
+        n_local=4,
+    )
+    data.setup()
+    steps_per_epoch = len(train_files) // args.batch
+
+    # Calibrate: seconds per step of the full model on real batches (augmentation included).
+    probe = RQDinoModule(**model_kwargs)
+    untrained = copy.deepcopy(probe.model.student["backbone"])  # post-hoc baseline (a)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    loader = iter(data.train_dataloader())
+    timings = []
+    for _ in range(4):
+        batch = next(loader)
+        t0 = time.perf_counter()
+        probe.model.training_losses(batch, 0.04)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        timings.append(time.perf_counter() - t0)
+    s_per_step = float(np.median(timings[1:]))
+    del loader, probe, opt
+    total_steps = max(10, int(minutes * 60 / (s_per_step * 1.1)))  # ~10% for augmentation etc.
+    epochs = total_steps / steps_per_epoch
+    print(f"{s_per_step:.2f} s/step -> {total_steps} steps ({epochs:.2f} epochs)", flush=True)
+
+    # Schedules over the run: lr warm-up 10%, teacher temperature warm-up 30%, prototypes
+    # frozen for the first 3% (DINOv2: 10 / 30 / 1 epochs of 100).
+    L.seed_everything(args.seed, workers=True)
+    module = RQDinoModule(
+        **model_kwargs,
+        warmup_epochs=0.1 * epochs,
+        warmup_teacher_temp_epochs=0.3 * epochs,
+        freeze_last_layer_epochs=0.03 * epochs,
+    )
+    # Same initial weights as the untrained baseline (same seed, same construction order).
+    same_init = all(
+        torch.equal(a, b)
+        for a, b in zip(
+            untrained.state_dict().values(),
+            module.model.student["backbone"].state_dict().values(),
+        )
+    )
+    losses: list[tuple[int, float]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            step = trainer.global_step
+            if step % 10 == 0 or step == total_steps:
+                losses.append((step, round(float(outputs["loss"]), 4)))
+                print(f"step {step}: loss {losses[-1][1]}", flush=True)
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=total_steps,
+        max_epochs=-1,
+        max_time={"minutes": minutes * 1.25},
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_wall = time.perf_counter() - t0
+    steps_done = int(trainer.global_step)
+
+    # Evaluation on the held-out split.
+    trained = module.model.student["backbone"]
+    emb = {
+        "untrained": (embed(untrained, train_files, 32), embed(untrained, eval_files, 32)),
+        "trained": (embed(trained, train_files, 32), embed(trained, eval_files, 32)),
+    }
+    codes = {
+        "rq_dino": module.model.quantizer.encode(emb["trained"][1]).numpy(),
+        "post_hoc_untrained": post_hoc_codes(*emb["untrained"], args.levels, args.codebook, 0),
+        "post_hoc_trained": post_hoc_codes(*emb["trained"], args.levels, args.codebook, 0),
+    }
+    scores = {name: code_scores(eval_y, c, args.codebook) for name, c in codes.items()}
+    knn = {name: round(knn_accuracy(tr, train_y, ev, eval_y), 4) for name, (tr, ev) in emb.items()}
+    rq, ph_u, ph_t = (scores[k]["nmi_l1"] for k in codes)
+    payload = {
+        "benchmark": "dino_rq_semantics",
+        "quick": args.quick,
+        "scores": scores,
+        "knn20_accuracy": knn,
+        "level1_nmi_margin_vs_post_hoc_untrained": round(rq - ph_u, 4),
+        "level1_nmi_margin_vs_post_hoc_trained": round(rq - ph_t, 4),
+        "training": {
+            "steps_planned": total_steps,
+            "steps_done": steps_done,
+            "epochs": round(steps_done / steps_per_epoch, 2),
+            "seconds": round(train_wall, 1),
+            "calibrated_s_per_step": round(s_per_step, 3),
+            "loss_curve": losses,
+        },
+        "config": {
+            "train_images": len(train_files),
+            "eval_images": len(eval_files),
+            "split_seed": args.seed,
+            "vit": vit,
+            "n_prototypes": n_prototypes,
+            "head_hidden_dim": head_hidden,
+            "rq": f"{args.levels} x {args.codebook}",
+            "batch": args.batch,
+            "crops": "2 x 32 px global + 4 x 16 px local",
+            "hparams": {k: v for k, v in dict(module.hparams).items() if k != "backbone_config"},
+            "untrained_baseline_same_init": same_init,
+        },
+        "wall_seconds": round(time.perf_counter() - start_all, 1),
+        "machine": machine_info(),
+    }
+    name = "dino_rq_semantics_quick" if args.quick else "dino_rq_semantics"
+    path = write_result(name, payload)
+    summary = (
+        f"level-1 NMI: RQ-DINO {rq:.3f}, post-hoc untrained {ph_u:.3f}, post-hoc trained "
+        f"{ph_t:.3f} ({steps_done} steps)"
+    )
+    append_row(name, summary, payload["wall_seconds"], payload["machine"])
+    print(summary)
+    print(f"-> {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

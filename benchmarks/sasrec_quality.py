@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     prepared, prepare_seconds = run_prepare(args, run_dir)
 
     section = sasrec_section(args)
-    hparams = {k: v for k, v in vars(args).items() if k not in ("data_root", "run_dir", "results_dir")}
+    hparams = {
+        k: v for k, v in vars(args).items() if k not in ("data_root", "run_dir", "results_dir")
+    }
     config_hash = stable_hash({"stage": "sasrec", "hparams": hparams})
     ctx = StageContext(
         name="sasrec",

@@ -204,7 +204,9 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, len(perm), group):
             chunk = perm[start : start + group]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
         tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         order = rng.permutation(len(batches))
         return iter(int(i) for b in [batches[j] for j in order] + tail for i in b)
@@ -322,7 +324,9 @@ class SequenceDataModule(L.LightningDataModule):
         sampler = None if shuffle or not _distributed() else UnpaddedDistributedSampler(dataset)
         if shuffle and self.group_by_length:
             # Under DDP Lightning wraps this sampler in a distributed one (order kept per rank).
-            sampler = LengthGroupedSampler(dataset.sample_lengths(), self.batch_size, seed=self.seed)
+            sampler = LengthGroupedSampler(
+                dataset.sample_lengths(), self.batch_size, seed=self.seed
+            )
         collate = collate_windows if isinstance(dataset, WindowDataset) else collate_next_item
         return DataLoader(
             dataset,

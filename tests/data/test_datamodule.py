@@ -9,6 +9,7 @@ import torch
 
 from mscg_lightning.artifacts import Manifest, write_shards
 from mscg_lightning.data.datamodule import (
+    LengthGroupedSampler,
     NextItemDataset,
     SequenceDataModule,
     UnpaddedDistributedSampler,
@@ -35,16 +36,26 @@ def write_prepared(root: Path, num_users: int = 7, target_mode: str = "per_item"
     write_shards(pa.table({"user_idx": users, "items": pa.array(train, lists)}), root / "train", 3)
     for split in ("valid", "test"):
         write_shards(
-            pa.table({
-                "user_idx": users,
-                "history": pa.array([list(range(u + 1)) for u in range(num_users)], lists),
-                "target": pa.array([1000 + u for u in range(num_users)], pa.int32()),
-            }),
+            pa.table(
+                {
+                    "user_idx": users,
+                    "history": pa.array([list(range(u + 1)) for u in range(num_users)], lists),
+                    "target": pa.array([1000 + u for u in range(num_users)], pa.int32()),
+                }
+            ),
             root / split,
             rows_per_shard=3,  # several shards: offsets of sliced list arrays are exercised
         )
-    Manifest("prepare", "t", extra={"num_items": 2000, "num_users": num_users, "max_history": 20,
-                                    "target_mode": target_mode}).write(root)
+    Manifest(
+        "prepare",
+        "t",
+        extra={
+            "num_items": 2000,
+            "num_users": num_users,
+            "max_history": 20,
+            "target_mode": target_mode,
+        },
+    ).write(root)
 
 
 def test_per_item_and_last_item_sample_counts():
@@ -134,3 +145,48 @@ def test_unpadded_sampler_gives_every_user_to_exactly_one_rank(tmp_path, num_use
             seen += [dataset[i]["user_idx"] for i in sampler]
             assert len(sampler) == len(list(sampler))
         assert sorted(seen) == list(range(num_users))
+
+
+def test_length_grouped_sampler_is_a_grouped_permutation():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, 1003)
+    sampler = LengthGroupedSampler(lengths, batch_size=10, group_batches=20, seed=1)
+    first = list(sampler)
+    assert sorted(first) == list(range(1003))  # every sample exactly once
+    batches = [first[i : i + 10] for i in range(0, 1003, 10)]
+    assert len(batches[-1]) == 3  # the short batch is last: DataLoader batching stays aligned
+    # Within a batch lengths are close (sorted groups of 200 out of 49 values), unlike random.
+    spread = np.mean([np.ptp(lengths[b]) for b in batches[:-1]])
+    random_spread = np.mean([np.ptp(lengths[rng.permutation(1003)[:10]]) for _ in range(100)])
+    assert spread < random_spread / 4
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ... that depends only on the seed and the epoch
+
+
+def test_group_by_length_sorts_eval_rows_and_keeps_their_content(tmp_path):
+    write_prepared(tmp_path, num_users=7)
+    plain = SequenceDataModule(str(tmp_path), max_history=4)
+    grouped = SequenceDataModule(str(tmp_path), max_history=4, group_by_length=True)
+    plain.setup("fit")
+    grouped.setup("fit")
+    for split in ("valid", "test"):
+        rows = {}
+        for dm in (plain, grouped):
+            ds = dm.datasets[split]
+            rows[dm] = {
+                ds[i]["user_idx"]: (ds[i]["history"].tolist(), ds[i]["target"])
+                for i in range(len(ds))
+            }
+        assert rows[plain] == rows[grouped]
+        lengths = grouped.datasets[split].sample_lengths()
+        assert (np.diff(lengths) >= 0).all()
+    # Train batches come from the grouped sampler and still cover every target once.
+    grouped = SequenceDataModule(str(tmp_path), batch_size=2, max_history=4, group_by_length=True)
+    grouped.setup("fit")
+    loader = grouped.train_dataloader()
+    assert isinstance(loader.sampler, LengthGroupedSampler)
+    targets = sorted(t for b in loader for t in b["target"].tolist())
+    ds = grouped.datasets["train"]
+    assert targets == sorted(ds[i]["target"] for i in range(len(ds)))

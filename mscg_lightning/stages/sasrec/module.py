@@ -99,7 +99,9 @@ class SASRecModule(L.LightningModule):
             targets = batch["target"]
         # Logits over the whole catalogue for the selected positions only: [M, N].
         loss = F.cross_entropy(self.model.scores(hidden), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets)
+        )
         return loss
 
     @torch.no_grad()
@@ -137,7 +139,9 @@ class SASRecModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_result = metrics_with_ci(self.test_metrics)
-        self.log_dict({f"test/{n}": r["mean"] for n, r in self.test_result.items() if n != "num_users"})
+        self.log_dict(
+            {f"test/{n}": r["mean"] for n, r in self.test_result.items() if n != "num_users"}
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mscg_lightning.stages.sasrec.model import SASRec
-from mscg_lightning.stages.sasrec.module import mask_items
+from mscg_lightning.stages.sasrec.module import mask_items, trim_left_padding
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +55,19 @@ def test_padding_length_and_padded_content_do_not_matter():
         leaked = long.clone()
         leaked[0, 7] = 11
         assert not torch.allclose(model.last_hidden(leaked), model.last_hidden(long), atol=1e-3)
+
+
+def test_trim_left_padding_drops_only_all_padding_columns_and_changes_no_output():
+    history = torch.tensor([[-1, -1, -1, 4, 5], [-1, -1, 2, 3, 1]])
+    targets = history + 10
+    trimmed, cut = trim_left_padding(history, targets)
+    assert trimmed.tolist() == [[-1, 4, 5], [2, 3, 1]]
+    assert torch.equal(cut, trimmed + 10)
+    # An all-padding batch keeps one column (a model needs at least one position).
+    assert trim_left_padding(torch.full((2, 4), -1))[0].shape == (2, 1)
+    model = SASRec(num_items=10, hidden_size=16, num_heads=2, inner_size=32, max_len=5).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(history)[:, 2:], model(trimmed), atol=1e-5)
 
 
 def test_mask_items_masks_history_but_not_padding():

@@ -14,6 +14,7 @@ from mscg_lightning.config import stage_parser
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext, run_stage
 from mscg_lightning.stages.sasrec.module import SASRecModule
+from mscg_lightning.stages.sasrec.stage import run
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +97,7 @@ def section(**trainer) -> Namespace:
                     "eval_batch_size": 64,
                     "max_history": 10,
                     "train_mode": "windows",
+                    "group_by_length": True,
                 },
             },
             "trainer": {
@@ -128,9 +130,13 @@ def context(run_dir: Path, sec: Namespace) -> StageContext:
 def test_stage_learns_exports_and_resumes(tmp_path):
     num_items = 24
     write_prepared(tmp_path / "prepare", successor_sequences(96, num_items), num_items, 10)
-    manifest = run_stage(context(tmp_path, section(max_epochs=5)))
+    # run() directly (not run_stage, which clears the checkpoints of a finished stage).
+    ctx = context(tmp_path, section(max_epochs=5))
+    ctx.out_dir = tmp_path / "out"
+    ctx.out_dir.mkdir()
+    manifest = run(ctx)
 
-    out = tmp_path / "sasrec"
+    out = ctx.out_dir
     assert read_manifest(out, stage="sasrec").content_hash == manifest.content_hash
     assert manifest.rows == {"items": num_items}
     assert manifest.extra == {"dim": 32, "modality": "collab", "missing": 0}
@@ -151,11 +157,23 @@ def test_stage_learns_exports_and_resumes(tmp_path):
     best = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]
     assert torch.allclose(best["model.item_emb.weight"][1:], table.embeddings)
 
-    # A rerun resumes from last.ckpt, which has finished: no new epoch, same test metrics.
-    again = run_stage(context(tmp_path, section(max_epochs=5)))
-    rerun = json.loads((out / "metrics.json").read_text())
-    assert again.content_hash == manifest.content_hash
+    # A rerun resumes from last.ckpt, which has finished: no new epoch, same results.
+    ctx = context(tmp_path, section(max_epochs=5))
+    ctx.out_dir = tmp_path / "again"
+    ctx.out_dir.mkdir()
+    run(ctx)
+    rerun = json.loads((ctx.out_dir / "metrics.json").read_text())
+    assert rerun["epochs"] == 5
     assert rerun["test"]["recall@10"] == metrics["test"]["recall@10"]
+    assert torch.equal(read_embeddings(ctx.out_dir).embeddings, table.embeddings)
+
+
+def test_run_stage_writes_the_artifact_in_place(tmp_path):
+    write_prepared(tmp_path / "prepare", successor_sequences(16, 12), 12, 10)
+    manifest = run_stage(context(tmp_path, section(max_epochs=1)))
+    assert read_manifest(tmp_path / "sasrec", stage="sasrec").content_hash == manifest.content_hash
+    assert read_embeddings(tmp_path / "sasrec", num_items=12).embeddings.shape == (12, 32)
+    assert json.loads((tmp_path / "sasrec" / "metrics.json").read_text())["epochs"] == 1
 
 
 def test_stage_refuses_history_longer_than_model(tmp_path):

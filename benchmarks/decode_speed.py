@@ -48,7 +48,7 @@ from mscg_lightning.stages.genrec.prefix_index import PrefixIndex  # noqa: E402
 from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout  # noqa: E402
 
 FULL = dict(
-    items=12_000, history=20, users=256, batch=32, train_steps=150, train_batch=32,
+    items=12_000, history=20, users=256, batch=32, train_steps=60, train_batch=32,
     d_model=128, layers=4, heads=6, d_kv=64, d_ff=1024,
 )  # fmt: skip
 QUICK = dict(

@@ -40,7 +40,7 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from _common import append_row, machine_info, write_result  # noqa: E402
+from _common import RESULTS, append_row, machine_info, write_result  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "cifar10-test"
 
@@ -154,11 +154,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="1-2 min smoke run")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", type=str, default=None, help="result file name (no .json)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="augmentation worker processes")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook", type=int, default=16)
+    parser.add_argument("--vit", type=str, default="128,6,4,8", help="hidden,layers,heads,patch")
+    parser.add_argument("--layerscale", type=float, default=1.0, help="ViT LayerScale init")
+    parser.add_argument("--prototypes", type=int, default=1024)
+    parser.add_argument("--rq_decay", type=float, default=0.99)
+    parser.add_argument("--rq_dead", type=float, default=1.0, help="dead-code EMA count")
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         raise SystemExit(f"{args.data}/labels.csv not found: pass --data")
@@ -171,15 +178,21 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
     start_all = time.perf_counter()
+    hidden, layers, heads, patch = (int(x) for x in args.vit.split(","))
+    n_train, n_eval, minutes = 8000, 2000, args.minutes
+    n_prototypes, head_hidden = args.prototypes, 512
     if args.quick:
         n_train, n_eval, minutes = 1000, 500, min(args.minutes, 0.75)
-        vit = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-        n_prototypes, head_hidden = 256, 256
-    else:
-        n_train, n_eval, minutes = 8000, 2000, args.minutes
-        vit = {"hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3}
-        n_prototypes, head_hidden = 1024, 512
-    vit.update({"patch_size": 4, "image_size": 32, "mlp_ratio": 4, "layerscale_value": 1e-5})
+        hidden, layers, heads, n_prototypes, head_hidden = 64, 2, 2, 256, 256
+    vit = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+        "image_size": 32,
+        "mlp_ratio": 4,
+        "layerscale_value": args.layerscale,
+    }
     train_files, train_y, eval_files, eval_y = load_split(args.data, n_train, n_eval, args.seed)
 
     model_kwargs = dict(
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
         head_bottleneck_dim=256,
         rq_levels=args.levels,
         rq_codebook_size=args.codebook,
+        rq_decay=args.rq_decay,
+        rq_dead_code_threshold=args.rq_dead,
         momentum_teacher=0.992,
     )
     data = ImageDataModule(
@@ -309,13 +324,15 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": round(time.perf_counter() - start_all, 1),
         "machine": machine_info(),
     }
-    name = "dino_rq_semantics_quick" if args.quick else "dino_rq_semantics"
-    path = write_result(name, payload)
+    name = args.name or ("dino_rq_semantics_quick" if args.quick else "dino_rq_semantics")
+    path = write_result(name, payload, args.results)
     summary = (
         f"level-1 NMI: RQ-DINO {rq:.3f}, post-hoc untrained {ph_u:.3f}, post-hoc trained "
         f"{ph_t:.3f} ({steps_done} steps)"
     )
-    append_row(name, summary, payload["wall_seconds"], payload["machine"])
+    append_row(
+        name, summary, payload["wall_seconds"], payload["machine"], table=args.results / "README.md"
+    )
     print(summary)
     print(f"-> {path}")
     return payload

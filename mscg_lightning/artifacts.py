@@ -319,7 +319,11 @@ def read_codes(directory: str | Path, num_items: int | None = None) -> CodesTabl
 def _check_ids(item_idx: np.ndarray, path: Path, num_items: int | None) -> None:
     if len(np.unique(item_idx)) != len(item_idx):
         raise MscgError(f"{path} has duplicate item_idx values.")
-    if num_items is not None and len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= num_items):
+    if (
+        num_items is not None
+        and len(item_idx)
+        and (item_idx.min() < 0 or item_idx.max() >= num_items)
+    ):
         bad = item_idx[(item_idx < 0) | (item_idx >= num_items)][0]
         raise MscgError(
             f"{path} has item_idx {int(bad)}, which is not in the catalogue of {num_items} items."

@@ -23,12 +23,14 @@ class ChainParser(LightningArgumentParser):
     """Prints a bad config's error in a few lines (the full usage has hundreds), then exits 2."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+        sys.stderr.write(
+            f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n"
+        )
         sys.exit(2)
 
 
 #: Init args that the pipeline fills in from the input artifacts; a chain config cannot set them.
-WIRED_ARGS = {"dim", "num_items", "embeddings", "prepared_dir", "codes_dirs"}
+WIRED_ARGS = {"dim", "num_items", "embeddings", "prepared_dir", "token_layout"}
 
 
 def _add_lightning_section(
@@ -54,7 +56,9 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
     from mscg_lightning.stages.text.stage import ImageEmbedConfig, TextEmbedConfig
 
     parser = ChainParser(prog=prog, description=__doc__)
-    parser.add_argument("--config", action=ActionConfigFile, help="chain config file(s), merged in order")
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="chain config file(s), merged in order"
+    )
     parser.add_argument("--name", type=str, default="run", help="name of the run (reports, logs)")
     parser.add_argument("--run_dir", type=str, default="runs/default", help="all artifacts go here")
     parser.add_argument(
@@ -73,7 +77,9 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
         parser.add_argument(
             f"--{name}.input",
             type=str,
-            default={"rq_text": "text_embed", "rq_image": "image_embed", "rq_collab": "sasrec"}[name],
+            default={"rq_text": "text_embed", "rq_image": "image_embed", "rq_collab": "sasrec"}[
+                name
+            ],
             help="embeddings to quantize: an artifact name, or prepare:emb_<name> for given ones",
         )
     parser.add_argument(

@@ -83,7 +83,9 @@ class RetrievalMetrics(Metric):
 
     def update(self, ranked: Tensor, target: Tensor, user_idx: Tensor | None = None) -> None:
         if ranked.shape[1] < max(self.ks):
-            raise ValueError(f"ranked lists have {ranked.shape[1]} items, fewer than k={max(self.ks)}")
+            raise ValueError(
+                f"ranked lists have {ranked.shape[1]} items, fewer than k={max(self.ks)}"
+            )
         self.ranks.append(target_ranks(ranked, target))
         if user_idx is None:
             user_idx = torch.full_like(target, -1)
@@ -108,9 +110,13 @@ class RetrievalMetrics(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         per_user = per_user_metrics(self._unique_ranks(), self.ks)
-        return {name: v.mean() if v.numel() else torch.tensor(math.nan) for name, v in per_user.items()}
+        return {
+            name: v.mean() if v.numel() else torch.tensor(math.nan) for name, v in per_user.items()
+        }
 
-    def compute_with_ci(self, num_samples: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    def compute_with_ci(
+        self, num_samples: int = 1000, seed: int = 0
+    ) -> dict[str, dict[str, float]]:
         """Mean and bootstrap 95% CI per metric: ``{"recall@10": {"mean", "ci_low", "ci_high"}}``."""
         ranks = self._unique_ranks()
         out = {"num_users": {"mean": float(ranks.numel())}}
@@ -121,7 +127,9 @@ class RetrievalMetrics(Metric):
         return out
 
 
-def format_table(rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = (1, 5, 10)) -> str:
+def format_table(
+    rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = (1, 5, 10)
+) -> str:
     """A markdown table: one row per model, one column per metric, 'mean [low, high]'."""
     names = [f"{m}@{k}" for m in METRIC_NAMES for k in ks]
     lines = ["| model | users | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
@@ -129,7 +137,9 @@ def format_table(rows: dict[str, dict[str, dict[str, float]]], ks: Sequence[int]
         cells = []
         for name in names:
             r = result.get(name)
-            cells.append("—" if r is None else f"{r['mean']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]")
+            cells.append(
+                "—" if r is None else f"{r['mean']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
+            )
         users = int(result.get("num_users", {}).get("mean", 0))
         lines.append(f"| {model} | {users} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -70,7 +70,12 @@ def artifact_dir(run_dir: Path, stage: str) -> Path:
 
 
 # Keys of a stage section that change how a run looks, not what it computes.
-_COSMETIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary", "logger", "log_every_n_steps")
+_COSMETIC_TRAINER_KEYS = (
+    "enable_progress_bar",
+    "enable_model_summary",
+    "logger",
+    "log_every_n_steps",
+)
 
 
 @dataclass

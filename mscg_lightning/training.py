@@ -51,7 +51,9 @@ def build_stage(
         init = parser.instantiate_classes(section)
     except (TypeError, ValueError) as err:
         raise MscgError(f"stage '{ctx.name}': cannot instantiate its config ({err}).") from err
-    trainer_kwargs = dict(vars(init.trainer)) if isinstance(init.trainer, Namespace) else dict(init.trainer)
+    trainer_kwargs = (
+        dict(vars(init.trainer)) if isinstance(init.trainer, Namespace) else dict(init.trainer)
+    )
     callbacks = trainer_kwargs.pop("callbacks", None) or []
     if not isinstance(callbacks, list):
         callbacks = [callbacks]

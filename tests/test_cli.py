@@ -12,7 +12,15 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 def _tiny(tmp_path, *extra):
-    return ["--config", TINY, "--run_dir", str(tmp_path / "run"), "--data_root", str(REPO / "tests" / "fixtures"), *extra]
+    return [
+        "--config",
+        TINY,
+        "--run_dir",
+        str(tmp_path / "run"),
+        "--data_root",
+        str(REPO / "tests" / "fixtures"),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,9 @@ def prepared(tmp_path_factory) -> Path:
 def _model_and_data(prepared: Path, eval_batch_size: int):
     L.seed_everything(0)
     num_items = int(read_manifest(prepared).extra["num_items"])
-    model = SASRecModule(num_items=num_items, hidden_size=16, num_layers=1, num_heads=1, inner_size=32)
+    model = SASRecModule(
+        num_items=num_items, hidden_size=16, num_layers=1, num_heads=1, inner_size=32
+    )
     data = SequenceDataModule(str(prepared), batch_size=16, eval_batch_size=eval_batch_size)
     return model, data
 

@@ -54,7 +54,9 @@ def test_repeated_users_are_counted_once():
 
 def test_too_short_ranked_lists_are_refused():
     with pytest.raises(ValueError, match="fewer than k=10"):
-        RetrievalMetrics().update(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        RetrievalMetrics().update(
+            torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, dtype=torch.long)
+        )
 
 
 def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():

@@ -10,8 +10,9 @@ Per optimiser step ``s`` of ``T`` (DINOv2 recipe; ``s_e`` = steps per epoch):
   (backbone, DINO head, iBOT head) clipped to norm ``clip_grad``; the teacher is moved by EMA
   right after each optimiser step.
 
-DDP: with ``ibot_weight = 0`` no iBOT head is built, so every student parameter gets a gradient
-and the default ``find_unused_parameters=False`` works.
+DDP: with ``ibot_weight = 0`` neither the iBOT head nor the mask token is trained, so every
+trainable student parameter gets a gradient and ``find_unused_parameters=False`` works.
+The trainer's ``gradient_clip_val`` is not used: ``clip_grad`` is.
 """
 
 from __future__ import annotations
@@ -107,11 +108,13 @@ class RQDinoModule(LightningModule):
             mask_probability=mask_probability,
         )
         self.model = RQDino(config)
+        if ibot_weight <= 0:
+            # Without iBOT no patch is masked, so the mask token would get no gradient.
+            self.model.student["backbone"].embeddings.mask_token.requires_grad_(False)
         self.levels, self.codebook_size = rq_levels, rq_codebook_size
-        # Code counts of the global crops in this epoch, per level: [L, K].
-        self.register_buffer(
-            "code_counts", torch.zeros(rq_levels, rq_codebook_size), persistent=False
-        )
+        # Code counts of this epoch's global crops per level, [L, K]; a plain attribute, not a
+        # buffer, since DDP would overwrite buffers with rank 0's at every forward.
+        self.code_counts: Tensor | None = None
         self._step = 0
         self._peak_lr: float | None = None
 
@@ -161,7 +164,7 @@ class RQDinoModule(LightningModule):
         return torch.optim.AdamW(groups, lr=self.hparams.base_lr, betas=(0.9, 0.999))
 
     def on_train_epoch_start(self) -> None:
-        self.code_counts.zero_()
+        self.code_counts = torch.zeros(self.levels, self.codebook_size, device=self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         """batch: ``global_crops`` [G, B, 3, Sg, Sg], ``local_crops`` [Lc, B, 3, Sl, Sl]."""
@@ -218,6 +221,8 @@ class RQDinoModule(LightningModule):
         self.model.update_teacher(self.schedule(self._step)["teacher_momentum"])
 
     def on_train_epoch_end(self) -> None:
+        if self.code_counts is None:
+            return
         counts = self.trainer.strategy.reduce(self.code_counts.clone(), reduce_op="sum")
         for level, row in enumerate(counts):
             stats = usage_and_perplexity(row)

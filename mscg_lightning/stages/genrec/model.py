@@ -63,7 +63,9 @@ class GenRecConfig:
     item_buckets: int = 16  # dual bias across items; item + code buckets = T5's 32
     item_max_distance: int = 20
     code_buckets: int = 16  # dual bias within items
-    code_max_distance: int = 16
+    # 16 bidirectional buckets up to distance 8 give distances 0..7 a bucket each: two
+    # modalities of 3+1 codes are resolved exactly (T5's scheme merges 4/5 at max_distance 16)
+    code_max_distance: int = 8
     tie_output: bool = False
     layer_norm_eps: float = 1e-6
 

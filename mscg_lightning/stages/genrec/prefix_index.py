@@ -5,9 +5,14 @@ Layout (after STATIC's idea: dense masks for shallow levels, CSR for deep ones):
 * every tuple ``(c_0, .., c_{D-1})`` is a mixed-radix integer key; the key of a length-``l``
   prefix is ``key // prod(V_l..V_{D-1})``, so sorting the full keys once sorts every level;
 * for the first ``dense_levels`` levels a bool table ``[prod(V_<l), V_l]`` answers a prefix with
-  one row lookup (level 0 is a single row);
+  one row lookup (level 0 is a single row). By default every level but the last is dense when
+  its table has at most ``MAX_DENSE_CELLS`` cells: the semantic levels branch widely (up to 256
+  children), where a padded CSR gather costs ``beams x max_children``, while the collision level
+  is narrow and its dense table would be large (``prod(V_<L) x V_L``);
 * for deeper levels, CSR: the sorted unique prefix keys of length ``l``, offsets into the sorted
-  children codes; a batch of prefixes is answered with one ``searchsorted`` and one scatter;
+  children codes; a batch of prefixes is answered with one ``searchsorted`` and one scatter.
+  When every node's children are exactly ``0..n-1`` (a collision level numbering the items that
+  share a prefix), the children array is dropped and the mask is ``arange(V) < n``;
 * complete tuples map to item ids through ``searchsorted`` on the sorted full keys.
 
 Everything lives in buffers on the module's device; no Python loop over prefixes or items.
@@ -35,7 +40,9 @@ class PrefixIndex(nn.Module):
             tuples must be unique.
         level_sizes: vocabulary size V_l of each level (len D).
         item_ids: LongTensor[N] id returned by :meth:`lookup` for each tuple (default: row index).
-        dense_levels: number of leading levels answered from dense tables (rest: CSR).
+        dense_levels: number of leading levels answered from dense tables (rest: CSR); None =
+            all but the last level. A level whose table would exceed ``MAX_DENSE_CELLS`` cells is
+            CSR regardless.
     """
 
     def __init__(
@@ -43,7 +50,7 @@ class PrefixIndex(nn.Module):
         tuples: Tensor,
         level_sizes: Sequence[int],
         item_ids: Tensor | None = None,
-        dense_levels: int = 2,
+        dense_levels: int | None = None,
     ) -> None:
         super().__init__()
         tuples = tuples.long()
@@ -63,6 +70,8 @@ class PrefixIndex(nn.Module):
         if math.prod(sizes) >= 2**62:
             raise MscgError(f"target code space {sizes} is too large for 64-bit prefix keys.")
         n, depth = tuples.shape
+        if dense_levels is None:
+            dense_levels = depth - 1
         if item_ids is None:
             item_ids = torch.arange(n, device=tuples.device)
         self.level_sizes: tuple[int, ...] = tuple(sizes)
@@ -101,8 +110,16 @@ class PrefixIndex(nn.Module):
                 offsets[1:] = torch.cumsum(counts, 0)
                 self.register_buffer(f"keys_{level}", parents, persistent=False)
                 self.register_buffer(f"offsets_{level}", offsets, persistent=False)
-                self.register_buffer(f"children_{level}", code, persistent=False)
-                self.kinds.append("csr")
+                # Collision levels number the items under a prefix 0..n-1: then the children
+                # are implied by the count and the query needs no gather ("count" kind).
+                rank = torch.arange(len(code), device=full.device) - offsets[:-1].repeat_interleave(
+                    counts
+                )
+                if torch.equal(code, rank):
+                    self.kinds.append("count")
+                else:
+                    self.register_buffer(f"children_{level}", code, persistent=False)
+                    self.kinds.append("csr")
 
     @property
     def num_items(self) -> int:
@@ -146,13 +163,15 @@ class PrefixIndex(nn.Module):
             return getattr(self, f"dense_{level}")[key] & ok[:, None]
         keys = getattr(self, f"keys_{level}")
         offsets = getattr(self, f"offsets_{level}")
-        children = getattr(self, f"children_{level}")
         pos = torch.searchsorted(keys, key).clamp(max=keys.shape[0] - 1)
         found = ok & (keys[pos] == key)
         start = offsets[pos]
         count = torch.where(found, offsets[pos + 1] - start, 0)
+        if self.kinds[level] == "count":
+            return torch.arange(size, device=prefix.device) < count[:, None]
         # Gather up to max_children codes per row; invalid slots scatter into a spare column.
         slot = torch.arange(self.max_children[level], device=prefix.device)
+        children = getattr(self, f"children_{level}")
         idx = (start[:, None] + slot).clamp(max=children.shape[0] - 1)
         codes = torch.where(slot < count[:, None], children[idx], size)
         out = torch.zeros(prefix.shape[0], size + 1, dtype=torch.bool, device=prefix.device)

@@ -122,13 +122,16 @@ def _write(
     )
     return ctx.manifest(
         rows={"items": int(len(item_idx)), "missing": int(len(absent))},
-        extra={"dim": int(emb.shape[1]), "modality": modality, "missing": int(len(absent)), **extra},
+        extra={
+            "dim": int(emb.shape[1]),
+            "modality": modality,
+            "missing": int(len(absent)),
+            **extra,
+        },
     )
 
 
-def _chunked(
-    ctx: StageContext, key: str, n: int, chunk: int, encode, desc: str
-) -> np.ndarray:
+def _chunked(ctx: StageContext, key: str, n: int, chunk: int, encode, desc: str) -> np.ndarray:
     """Encode items [0, n) chunk by chunk, caching finished chunks in ``run_dir/cache/<key>``."""
     cache = ctx.run_dir / "cache" / key
     cache.mkdir(parents=True, exist_ok=True)
@@ -150,7 +153,11 @@ def run_text(ctx: StageContext) -> Manifest:
     cfg: TextEmbedConfig = ctx.section_as(TextEmbedConfig)
     if cfg.given:
         return _given(ctx, cfg.given, "text")
-    from mscg_lightning.stages.text.encoders import TextEncoder, build_item_text, resolve_minilm_path
+    from mscg_lightning.stages.text.encoders import (
+        TextEncoder,
+        build_item_text,
+        resolve_minilm_path,
+    )
 
     prepared = read_manifest(ctx.inputs["prepare"], stage="prepare")
     columns = list(cfg.columns) or list(prepared.extra.get("text_columns", []))
@@ -184,7 +191,9 @@ def run_text(ctx: StageContext) -> Manifest:
         "text_embed",
     )
     missing = {int(i): "no text" for i in np.array([r["item_idx"] for r in rows])[~have]}
-    return _write(ctx, item_idx, emb, len(rows), "text", {"model": cfg.model, "columns": columns}, missing)
+    return _write(
+        ctx, item_idx, emb, len(rows), "text", {"model": cfg.model, "columns": columns}, missing
+    )
 
 
 def run_image(ctx: StageContext) -> Manifest:

@@ -1,0 +1,257 @@
+"""GenRecModule: Lightning glue around the generative T5 recommender.
+
+The pure pieces live beside it: ``tokens`` (history -> encoder tokens, modality masking),
+``model`` (the T5 with the dual position bias), ``prefix_index`` (permissible codes),
+``losses`` (constrained loss, Eq. 6) and ``beam_search``. This module only wires them to
+batches from :class:`~mscg_lightning.data.datamodule.SequenceDataModule`, logs, and ranks.
+
+The catalogue (every item's codes per modality) is not a hyperparameter: the stage attaches it
+with :meth:`GenRecModule.set_catalogue` before fitting or testing; it is rebuilt from the codes
+artifacts rather than stored in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from mscg_lightning.errors import MscgError
+from mscg_lightning.metrics import RetrievalMetrics
+from mscg_lightning.stages.genrec.beam_search import beam_search
+from mscg_lightning.stages.genrec.losses import generative_loss
+from mscg_lightning.stages.genrec.model import GenRecConfig, GenRecT5
+from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
+from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
+
+
+class GenRecModule(L.LightningModule):
+    """MSCGRec's sequence model (TIGER when one modality is both input and target).
+
+    Args:
+        token_layout: ``{"modalities": [...], "vocab_sizes": [[...], ...], "target": "collab"}``
+            (filled in by the pipeline from the codes artifacts).
+        d_model, num_heads, d_kv, d_ff, encoder_layers, decoder_layers, dropout, ffn: T5 sizes
+            [paper: 8 heads x 64, MLP 2048; d_model 128 and 4+4 layers as in TIGER].
+        position_bias: ``dual`` (item + within-item buckets, paper) or ``t5`` (ablation).
+        item_buckets, code_buckets: buckets of the two relative biases (sum = T5's 32).
+        tie_output: share the output table with the input embeddings.
+        constrained_training: normalise each level's softmax over the permissible codes only
+            (paper Eq. 6); False = full-vocabulary cross-entropy (ablation).
+        mask_prob: probability of masking one random modality of each history item in training
+            (paper: 0.75 for "w/ Masking"; 0 = off).
+        eval_masked_modalities: modalities masked in every history item at evaluation
+            (Shapley values, missing-modality studies).
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay [lr 2e-3].
+        num_beams, top_k: constrained beam search [20 beams]; top_k items ranked per user.
+        constrained_decoding: False decodes with the full softmax (comparison only).
+        val_metric: ``ndcg@10`` (beam search on validation users) or ``loss`` (cheaper).
+        ks: cut-offs of the retrieval metrics.
+    """
+
+    def __init__(
+        self,
+        token_layout: dict[str, Any] | None = None,
+        d_model: int = 128,
+        num_heads: int = 8,
+        d_kv: int = 64,
+        d_ff: int = 2048,
+        encoder_layers: int = 4,
+        decoder_layers: int = 4,
+        dropout: float = 0.1,
+        ffn: Literal["relu", "gated-gelu"] = "relu",
+        position_bias: Literal["dual", "t5"] = "dual",
+        item_buckets: int = 16,
+        code_buckets: int = 16,
+        tie_output: bool = False,
+        constrained_training: bool = True,
+        mask_prob: float = 0.0,
+        eval_masked_modalities: list[str] | None = None,
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 500,
+        num_beams: int = 20,
+        top_k: int = 10,
+        constrained_decoding: bool = True,
+        val_metric: Literal["ndcg@10", "loss"] = "ndcg@10",
+        ks: Sequence[int] = (1, 5, 10),
+    ) -> None:
+        super().__init__()
+        if token_layout is None:
+            raise MscgError(
+                "model.init_args.token_layout is not set: the genrec stage fills it in."
+            )
+        self.save_hyperparameters()
+        self.layout = TokenLayout(
+            token_layout["modalities"], token_layout["vocab_sizes"], token_layout["target"]
+        )
+        self.model = GenRecT5(
+            GenRecConfig.from_layout(
+                self.layout,
+                d_model=d_model,
+                num_heads=num_heads,
+                d_kv=d_kv,
+                d_ff=d_ff,
+                encoder_layers=encoder_layers,
+                decoder_layers=decoder_layers,
+                dropout=dropout,
+                ffn=ffn,
+                position_bias=position_bias,
+                item_buckets=item_buckets,
+                code_buckets=code_buckets,
+                tie_output=tie_output,
+            )
+        )
+        self.ks = tuple(ks)
+        if top_k < max(self.ks) or top_k > num_beams:
+            raise MscgError(
+                f"genrec needs max(ks)={max(self.ks)} <= top_k={top_k} <= num_beams={num_beams}."
+            )
+        self.eval_masked = list(eval_masked_modalities or [])
+        self.val_metrics = RetrievalMetrics(self.ks)
+        self.test_metrics = RetrievalMetrics(self.ks)
+        self.tokenizer: HistoryTokenizer | None = None
+        self.index: PrefixIndex | None = None
+        self.predictions: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    # ------------------------------------------------------------------------- catalogue
+    def set_catalogue(self, codes: Tensor, present: Tensor) -> None:
+        """Attach every item's codes: codes [N, M, P_max], present [N, M] (see tokens.py).
+
+        Builds the history tokenizer and the prefix index over the target modality's tuples
+        of the items that have it.
+        """
+        self.tokenizer = HistoryTokenizer(self.layout, codes, present)
+        t = self.layout.target_index
+        has_target = present[:, t]
+        if not has_target.any():
+            raise MscgError(f"no item has codes of the target modality '{self.layout.target}'.")
+        tuples = self.tokenizer.target_codes_table[has_target]
+        item_ids = torch.nonzero(has_target).squeeze(1)
+        self.index = PrefixIndex(tuples, self.layout.target_sizes, item_ids=item_ids)
+        self.tokenizer.to(self.device)
+        self.index.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._check_catalogue()
+
+    def on_test_start(self) -> None:
+        self._check_catalogue()
+
+    def _check_catalogue(self) -> None:
+        if self.tokenizer is None or self.index is None:
+            raise MscgError("GenRecModule.set_catalogue was not called before fit/test.")
+        self.tokenizer.to(self.device)
+        self.index.to(self.device)
+
+    # -------------------------------------------------------------------------- training
+    def _loss(
+        self, batch: dict[str, Tensor], mask_prob: float, masked: Sequence[str] = ()
+    ) -> tuple[Tensor, int]:
+        target = self.tokenizer.target_codes(batch["target"])  # [B, D]
+        keep = (target >= 0).all(dim=1)  # targets without target-modality codes cannot be trained
+        inputs = self.tokenizer(
+            batch["history"][keep], mask_prob=mask_prob, masked_modalities=masked
+        )
+        target = target[keep]
+        logits = self.model(*inputs, target)
+        allowed = self.index.permissible(target) if self.hparams.constrained_training else None
+        return generative_loss(logits, target, allowed), int(keep.sum())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, n = self._loss(batch, self.hparams.mask_prob)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        return loss
+
+    # ------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def rank(
+        self, history: Tensor, masked_modalities: Sequence[str] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Top-K item_idx [B, K] and their scores [B, K] for histories [B, H] (-1 padded)."""
+        masked = self.eval_masked if masked_modalities is None else list(masked_modalities)
+        inputs = self.tokenizer(history, masked_modalities=masked)
+        result = beam_search(
+            self.model,
+            self.index,
+            *inputs,
+            num_beams=self.hparams.num_beams,
+            top_k=self.hparams.top_k,
+            constrained=self.hparams.constrained_decoding,
+        )
+        return result.items, result.scores
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, n = self._loss(batch, 0.0, self.eval_masked)
+        self.log(
+            "val/loss",
+            loss,
+            on_epoch=True,
+            prog_bar=self.hparams.val_metric == "loss",
+            batch_size=n,
+            sync_dist=True,
+        )
+        if self.hparams.val_metric != "loss":
+            items, _ = self.rank(batch["history"])
+            self.val_metrics.update(items, batch["target"], batch["user_idx"])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.val_metric != "loss":
+            for name, value in self.val_metrics.compute().items():
+                self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics.reset()
+        self.predictions = []
+        self.test_result = None
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        items, scores = self.rank(batch["history"])
+        self.test_metrics.update(items, batch["target"], batch["user_idx"])
+        self.predictions.append((batch["user_idx"].cpu(), items.cpu(), scores.float().cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        with self.test_metrics.sync_context():
+            self.test_result = self.test_metrics.compute_with_ci()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank ranked its own users: gather them so rank 0 exports all predictions.
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.predictions)
+            self.predictions = [p for part in gathered for p in part]
+        self.log_dict(
+            {f"test/{n}": r["mean"] for n, r in self.test_result.items() if n != "num_users"}
+        )
+
+    # ------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total // 10 + 1)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,217 @@
+"""Stage ``genrec``: codes of every modality -> trained T5, test metrics, predictions.
+
+The section's ``modalities`` maps each input modality to its codes source, in the order the
+codes stand inside every history item: an rq artifact (``rq_text``) or codes given by
+``prepare`` (``prepare:codes_lemb``, a collision level is appended). ``target`` names the
+modality whose codes the decoder generates. One modality in and out is TIGER.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mscg_lightning.artifacts import Manifest, read_codes, read_manifest, write_json
+from mscg_lightning.errors import MscgError
+from mscg_lightning.pipeline import StageContext, artifact_dir, source_artifact
+from mscg_lightning.stages.genrec.tokens import TokenLayout, stack_modality_codes
+
+
+def load_catalogue(
+    prepared_dir: Path, sources: dict[str, str], run_dir: Path
+) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    """Read every modality's codes; returns (layout dict without target, tables, num_items).
+
+    ``tables`` maps modality -> (item_idx [n], codes [n, L+1]).
+    """
+    from mscg_lightning.stages.rq.stage import codes_from_given
+
+    num_items = int(read_manifest(prepared_dir, stage="prepare").extra["num_items"])
+    if not sources:
+        raise MscgError("genrec.modalities is empty: name at least one codes source.")
+    tables, vocab_sizes = {}, []
+    for modality, source in sources.items():
+        name = source_artifact(source)
+        if name == "prepare":
+            column = source.split(":", 1)[1] if ":" in source else ""
+            item_idx, codes, k = codes_from_given(prepared_dir, column)
+            item_idx, codes = torch.from_numpy(item_idx), torch.from_numpy(codes)
+            collision = int(codes[:, -1].max()) + 1
+        else:
+            table = read_codes(artifact_dir(run_dir, name), num_items=num_items)
+            item_idx, codes, k, collision = (
+                table.item_idx,
+                table.codes,
+                table.codebook_size,
+                table.collision_size,
+            )
+        levels = codes.shape[1] - 1
+        tables[modality] = (item_idx, codes)
+        vocab_sizes.append([int(k)] * levels + [int(collision)])
+    layout = {"modalities": list(sources), "vocab_sizes": vocab_sizes}
+    return layout, tables, num_items
+
+
+def build_catalogue(
+    prepared_dir: Path, sources: dict[str, str], target: str, run_dir: Path
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """(token layout dict, codes [N, M, P_max], present [N, M]) for GenRecModule."""
+    layout, tables, num_items = load_catalogue(prepared_dir, sources, run_dir)
+    if target not in sources:
+        raise MscgError(
+            f"genrec.target '{target}' is not one of genrec.modalities {list(sources)}."
+        )
+    layout["target"] = target
+    token_layout = TokenLayout(layout["modalities"], layout["vocab_sizes"], target)
+    codes, present = stack_modality_codes(token_layout, num_items, tables)
+    return layout, codes, present
+
+
+def run(ctx: StageContext) -> Manifest | None:
+    from mscg_lightning.training import build_stage
+
+    section = ctx.section
+    sources = dict(section.modalities or {})
+    prepared = ctx.inputs["prepare"]
+    layout, codes, present = build_catalogue(prepared, sources, section.target, ctx.run_dir)
+    val_metric = section.model.init_args.get("val_metric", "ndcg@10")
+    monitor, mode = ("val/loss", "min") if val_metric == "loss" else ("val/ndcg@10", "max")
+    stage = build_stage(
+        ctx,
+        inject={
+            "model.init_args.token_layout": layout,
+            "data.init_args.prepared_dir": str(prepared),
+        },
+        monitor=monitor,
+        mode=mode,
+    )
+    model = stage.model
+    model.set_catalogue(codes, present)
+    stage.trainer.fit(model, datamodule=stage.datamodule, ckpt_path=stage.resume_from)
+    best = stage.checkpoint.best_model_path or None
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    model.set_catalogue(codes, present)
+    stage.trainer.test(model, datamodule=stage.datamodule)
+    if ctx.out_dir is None:
+        return None
+    result = model.test_result
+    name = "TIGER" if len(sources) == 1 else "MSCGRec"
+    write_json(
+        ctx.out_dir / "metrics.json",
+        {
+            "model": f"GenRec ({name}: {', '.join(sources)} -> {section.target})",
+            "test": result,
+            "epochs": stage.trainer.current_epoch,
+            "best_checkpoint_score": _float(stage.checkpoint.best_model_score),
+            "modalities": sources,
+            "target": section.target,
+        },
+    )
+    _write_predictions(ctx.out_dir / "predictions.parquet", model.predictions, prepared)
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)},
+        ctx.out_dir / "model.ckpt",
+    )
+    return ctx.manifest(
+        rows={"test_users": int(result["num_users"]["mean"]), "items": int(codes.shape[0])},
+        extra={"modalities": sources, "target": section.target, "token_layout": layout},
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _write_predictions(path: Path, predictions: list, prepared: Path) -> None:
+    """``user_idx``, ``items`` (top-K item_idx, best first) and ``scores`` per test user."""
+    if not predictions:
+        users = np.zeros(0, np.int64)
+        items = scores = np.zeros((0, 0))
+    else:
+        users = torch.cat([p[0] for p in predictions]).numpy()
+        items = torch.cat([p[1] for p in predictions]).numpy()
+        scores = torch.cat([p[2] for p in predictions]).numpy()
+        users, first = np.unique(users, return_index=True)
+        items, scores = items[first], scores[first]
+    table = pa.table(
+        {
+            "user_idx": pa.array(users, type=pa.int32()),
+            "items": pa.array(list(items.astype(np.int32)), type=pa.list_(pa.int32())),
+            "scores": pa.array(list(scores.astype(np.float32)), type=pa.list_(pa.float32())),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def load_trained(run_dir: Path, config) -> tuple[Any, Path]:
+    """The trained GenRecModule of a finished run, with its catalogue attached."""
+    from mscg_lightning.stages.genrec.module import GenRecModule
+
+    art = artifact_dir(run_dir, "genrec")
+    manifest = read_manifest(art, stage="genrec")
+    prepared = artifact_dir(run_dir, "prepare")
+    sources = manifest.extra["modalities"]
+    layout, codes, present = build_catalogue(prepared, sources, manifest.extra["target"], run_dir)
+    ckpt = torch.load(art / "model.ckpt", map_location="cpu", weights_only=False)
+    model = GenRecModule(**{**ckpt["hyper_parameters"], "token_layout": layout})
+    model.load_state_dict(ckpt["state_dict"])
+    model.set_catalogue(codes, present)
+    model.eval()
+    return model, prepared
+
+
+def predict(config) -> Path:
+    """``mscg predict``: top-K items for the histories in ``--user_histories`` (Parquet).
+
+    The input has a ``history`` column (list of raw item ids, oldest first) and optionally
+    ``user_id``; unknown item ids are skipped and counted. Output: the input's columns plus
+    ``items`` (raw item ids) and ``scores``.
+    """
+    from mscg_lightning.artifacts import read_table
+    from mscg_lightning.data.datamodule import pad_left
+
+    run_dir = Path(config.run_dir)
+    model, prepared = load_trained(run_dir, config)
+    src = Path(config.user_histories)
+    try:
+        table = pq.read_table(src)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise MscgError(f"{src} is not a readable Parquet file ({err}).") from err
+    if "history" not in table.column_names:
+        raise MscgError(f"{src} has no column 'history' (a list of item ids per user).")
+    items = read_table(prepared / "items", columns=["item_idx", "item_id"])
+    to_idx = dict(zip(items.column("item_id").to_pylist(), items.column("item_idx").to_pylist()))
+    raw_ids = np.array(items.column("item_id").to_pylist(), dtype=object)
+    histories, unknown = [], 0
+    for row in table.column("history").to_pylist():
+        known = [to_idx[str(i)] for i in (row or []) if str(i) in to_idx]
+        unknown += len(row or []) - len(known)
+        histories.append(np.array(known, dtype=np.int64))
+    top_k = int(config.top_k)
+    if top_k > model.hparams.num_beams:
+        raise MscgError(f"--top_k {top_k} exceeds the model's {model.hparams.num_beams} beams.")
+    model.hparams.top_k = top_k
+    out_items, out_scores = [], []
+    for start in range(0, len(histories), 256):
+        history = pad_left(histories[start : start + 256], 20)
+        ranked, scores = model.rank(history)
+        for r, s in zip(ranked.tolist(), scores.tolist()):
+            out_items.append([raw_ids[i] for i in r if i >= 0])
+            out_scores.append([v for i, v in zip(r, s) if i >= 0])
+    result = table.append_column("items", pa.array(out_items, type=pa.list_(pa.string())))
+    result = result.append_column("scores", pa.array(out_scores, type=pa.list_(pa.float32())))
+    out = Path(config.output) if config.output else src.with_name(src.stem + ".predictions.parquet")
+    if out.exists() and out.resolve() == src.resolve():
+        raise MscgError(f"--output {out} is the input file; choose another path.")
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(result, tmp)
+    tmp.rename(out)
+    print(f"[mscg] predict: {len(histories)} users -> {out} ({unknown} unknown item ids skipped)")
+    return out

@@ -52,7 +52,7 @@ FULL = dict(
     d_model=128, layers=4, heads=6, d_kv=64, d_ff=1024,
 )  # fmt: skip
 QUICK = dict(
-    items=2_000, history=10, users=128, batch=32, train_steps=30, train_batch=16,
+    items=2_000, history=10, users=96, batch=32, train_steps=20, train_batch=16,
     d_model=128, layers=2, heads=6, d_kv=64, d_ff=1024,
 )  # fmt: skip
 LEVELS, CODEBOOK, BEAMS, TOP_K, LR = 3, 256, 20, 10, 2e-3

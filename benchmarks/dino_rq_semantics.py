@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", type=str, default=None, help="result file name (no .json)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--workers", type=int, default=1, help="augmentation worker processes")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--levels", type=int, default=3)

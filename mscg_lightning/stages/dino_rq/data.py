@@ -28,7 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 from mscg_lightning.artifacts import read_table, shard_paths
 from mscg_lightning.data.images import load_item_images
 from mscg_lightning.errors import MscgError
-from mscg_lightning.stages.dino_rq.crops import EvalTransform, MultiCropAugmentation, collate_multicrop
+from mscg_lightning.stages.dino_rq.crops import (
+    EvalTransform,
+    MultiCropAugmentation,
+    collate_multicrop,
+)
 
 log = logging.getLogger("mscg")
 
@@ -141,12 +145,16 @@ class ImageDataModule(LightningDataModule):
     def _items_table(self) -> pa.Table:
         if self.image_paths is not None:
             n = len(self.image_paths)
-            return pa.table({"item_idx": pa.array(range(n), pa.int32()), "image_path": self.image_paths})
+            return pa.table(
+                {"item_idx": pa.array(range(n), pa.int32()), "image_path": self.image_paths}
+            )
         items = self.prepared_dir / "items"
         names = pq.read_schema(shard_paths(items)[0]).names
         columns = ["item_idx"] + [c for c in ("image_path", "image_bytes") if c in names]
         if len(columns) == 1:
-            raise MscgError(f"{items} has no image_path or image_bytes column: there are no images.")
+            raise MscgError(
+                f"{items} has no image_path or image_bytes column: there are no images."
+            )
         return read_table(items, columns=columns)
 
     def setup(self, stage: str | None = None) -> None:
@@ -160,7 +168,9 @@ class ImageDataModule(LightningDataModule):
             where = self.prepared_dir / "items" if self.prepared_dir else "image_paths"
             raise MscgError(f"None of the {self.num_items} images of {where} can be opened.")
         if missing:
-            log.warning("dino_rq: %d of %d items have no usable image", len(missing), self.num_items)
+            log.warning(
+                "dino_rq: %d of %d items have no usable image", len(missing), self.num_items
+            )
         self.loader, self.item_idx, self.missing = loader, item_idx.astype(np.int64), missing
 
     def train_dataloader(self) -> DataLoader:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +32,10 @@ from mscg_lightning.pipeline import StageContext
 from mscg_lightning.stages.dino_rq.data import ImageDataModule
 from mscg_lightning.stages.dino_rq.module import RQDinoModule
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
+
+if TYPE_CHECKING:
+    from mscg_lightning.stages.rq.module import RQModule
+    from mscg_lightning.training import LightningStage
 
 log = logging.getLogger("mscg")
 
@@ -75,8 +80,12 @@ def _missing_table(num_items: int, kept: np.ndarray, reasons: dict[int, str]) ->
 
 
 def _post_hoc_codes(
-    ctx: StageContext, stage, model: RQDinoModule, emb: torch.Tensor, item_idx: np.ndarray
-) -> tuple[torch.Tensor, dict, object]:
+    ctx: StageContext,
+    stage: LightningStage,
+    model: RQDinoModule,
+    emb: torch.Tensor,
+    item_idx: np.ndarray,
+) -> tuple[torch.Tensor, dict[str, Any], RQModule]:
     """Fit the rq stage's RQModule on frozen embeddings; codes [N, L+1], diagnostics, module."""
     from mscg_lightning.stages.rq.module import EmbeddingsDataModule, RQModule
 

@@ -174,10 +174,16 @@ class HistoryTokenizer(nn.Module):
     def __init__(self, layout: TokenLayout, codes: Tensor, present: Tensor) -> None:
         super().__init__()
         n_items, m_count = present.shape
-        if codes.shape[:2] != (n_items, m_count) or m_count != layout.num_modalities:
+        if (
+            codes.ndim != 3
+            or codes.shape[:2] != (n_items, m_count)
+            or codes.shape[2] < layout.max_positions
+            or m_count != layout.num_modalities
+        ):
             raise MscgError(
                 f"item codes have shape {tuple(codes.shape)} and presence {tuple(present.shape)}, "
-                f"expected [N, {layout.num_modalities}, P] and [N, {layout.num_modalities}]."
+                f"expected [N, {layout.num_modalities}, {layout.max_positions}] and "
+                f"[N, {layout.num_modalities}]."
             )
         self.layout = layout
         codes = codes.long()

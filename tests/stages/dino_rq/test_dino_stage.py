@@ -144,9 +144,7 @@ def test_fit_rq_dino_with_a_corrupt_image(tmp_path):
     backbone = Dinov2Model.from_pretrained(out / "backbone").eval()
     quantizer = ResidualQuantizer.from_file(out / "codebooks.safetensors")
     rows = [items["item_idx"].index(i) for i in codes.item_idx.tolist()]
-    pixels = torch.stack(
-        [EvalTransform(32)(Image.open(items["image_path"][r])) for r in rows]
-    )
+    pixels = torch.stack([EvalTransform(32)(Image.open(items["image_path"][r])) for r in rows])
     with torch.no_grad():
         again = quantizer.encode(backbone(pixel_values=pixels).pooler_output)
     assert torch.equal(again, codes.codes[:, :3])

@@ -18,8 +18,14 @@ scores: the level-1 figures are the comparison that matters), plus the code usag
 perplexity of level 1 and a 20-NN cosine classifier accuracy of the two backbones' CLS
 embeddings (train -> eval) as a check that the representation itself learned.
 
-    python benchmarks/dino_rq_semantics.py               # ~20 min -> results/dino_rq_semantics.json
-    python benchmarks/dino_rq_semantics.py --quick       # 1-2 min -> results/dino_rq_semantics_quick.json
+Default model: ViT hidden 96, 4 layers, 3 heads, patch 8 (32-px global crops = 4 x 4 patches,
+16-px local crops = 2 x 2), 1,024 prototypes, head 512/256, RQ 3 x 16, batch 64; DINOv2 loss
+weights and schedules (lr warm-up 10% of the run, teacher temperature warm-up 30%, prototypes
+frozen for the first 3%). One torch thread: on a CPU shared with other jobs, two threads were
+about 10x slower per step than one (OpenMP threads wait on each other when descheduled).
+
+    python benchmarks/dino_rq_semantics.py            # ~25 min -> results/dino_rq_semantics.json
+    python benchmarks/dino_rq_semantics.py --quick    # ~2 min -> results/dino_rq_semantics_quick.json
 """
 
 from __future__ import annotations
@@ -150,21 +156,28 @@ def post_hoc_codes(
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=18.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training time budget")
     parser.add_argument("--quick", action="store_true", help="1-2 min smoke run")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", type=str, default=None, help="result file name (no .json)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="augmentation worker processes")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--codebook", type=int, default=16)
-    parser.add_argument("--vit", type=str, default="128,6,4,8", help="hidden,layers,heads,patch")
+    parser.add_argument("--vit", type=str, default="96,4,3,8", help="hidden,layers,heads,patch")
     parser.add_argument("--layerscale", type=float, default=1.0, help="ViT LayerScale init")
     parser.add_argument("--prototypes", type=int, default=1024)
     parser.add_argument("--rq_decay", type=float, default=0.99)
+    parser.add_argument("--base_lr", type=float, default=0.004, help="lr for a batch of 1024")
+    parser.add_argument("--momentum", type=float, default=0.992, help="teacher EMA momentum")
+    parser.add_argument(
+        "--global_codes_only", action="store_true", help="quantize the global crops only"
+    )
     parser.add_argument("--rq_dead", type=float, default=1.0, help="dead-code EMA count")
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
@@ -204,7 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
         rq_codebook_size=args.codebook,
         rq_decay=args.rq_decay,
         rq_dead_code_threshold=args.rq_dead,
-        momentum_teacher=0.992,
+        momentum_teacher=args.momentum,
+        base_lr=args.base_lr,
+        quantize_local_crops=not args.global_codes_only,
     )
     data = ImageDataModule(
         image_paths=train_files,

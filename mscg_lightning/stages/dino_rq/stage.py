@@ -8,7 +8,9 @@ embeddings go through the ``rq`` stage's ``RQModule`` (k-means init + EMA codebo
 with this section's trainer. Like the ``rq`` stage, post_hoc runs on one device.
 
 Artifact ``<run_dir>/dino_rq/``: ``codes.parquet`` (L codes + collision level),
-``codebooks.safetensors``, ``diagnostics.json`` (collisions, usage, perplexity, missing images),
+``codebooks.safetensors`` (``RQModule.save_codebooks`` format, as the ``rq`` stage),
+``backbone/`` (rq_dino only: the trained student backbone, ``Dinov2Model.from_pretrained``),
+``diagnostics.json`` (collisions, usage, perplexity, missing images),
 ``missing.parquet`` (``item_idx``, ``reason``: items without a usable image), ``manifest.json``
 (``extra``: modality image, levels, codebook_size, collision_size, mode, missing).
 """
@@ -101,6 +103,16 @@ def _post_hoc_codes(
     return codes, diag, rq
 
 
+def _as_rq_module(model: RQDinoModule) -> RQModule:
+    """The quantizer trained inside RQ-DINO wrapped as the rq stage's RQModule (same codes)."""
+    from mscg_lightning.stages.rq.module import RQModule
+
+    quantizer = model.model.quantizer
+    rq = RQModule(quantizer.dim, levels=quantizer.levels, codebook_size=quantizer.codebook_size)
+    rq.model.load_state_dict(quantizer.state_dict())
+    return rq
+
+
 def run(ctx: StageContext) -> Manifest | None:
     """Train (rq_dino) or freeze (post_hoc) the backbone, export codes of every item image."""
     mode = ctx.section.get("mode") or "rq_dino"
@@ -140,11 +152,11 @@ def run(ctx: StageContext) -> Manifest | None:
     out: Path = ctx.out_dir
     write_codes(out, item_idx, full.numpy())
     if mode == "rq_dino":
-        model.model.quantizer.save(out / "codebooks.safetensors")
+        rq = _as_rq_module(model)
         # The trained encoder, loadable with Dinov2Model.from_pretrained (e.g. for post_hoc).
         model.model.student["backbone"].save_pretrained(out / "backbone")
-    else:
-        rq.save_codebooks(out / "codebooks.safetensors")
+    # Both modes: the rq stage's format, read back with RQModule.from_codebooks.
+    rq.save_codebooks(out / "codebooks.safetensors")
     missing = _missing_table(num_items, item_idx, reasons)
     pq.write_table(missing, out / "missing.parquet")
     if len(missing):

@@ -2,8 +2,10 @@
 
 Item ids enter as the dense ``item_idx`` of ``prepared/`` with -1 for padding; the model shifts
 them to ``item_idx + 1`` so that row 0 of the embedding table is the padding row. Histories are
-left-padded (most recent item last), so position embeddings are counted from the right: the most
-recent item always gets the last position, whatever the padded length.
+left-padded (most recent item last); positions are counted from each row's first real item (as
+RecBole does), so padding never changes an output, and the output at position t of a training
+window is exactly that of the prefix ending at t: training a whole window at once is the same as
+training every per-item sample (for windows of at most ``max_len`` items).
 
 Defaults follow RecBole's SASRec: 2 post-LN transformer layers, hidden 64, 2 heads, inner size
 256, GELU, dropout 0.5, LayerNorm eps 1e-12, N(0, 0.02) initialisation, max length 50 in RecBole
@@ -108,9 +110,10 @@ class SASRec(nn.Module):
             raise ValueError(f"history of length {length} exceeds max_len={self.max_len}")
         pad = history < 0
         tokens = history.clamp(min=-1) + 1  # -1 -> padding row 0
-        # Positions counted from the right: left padding does not move the real items' positions.
-        positions = torch.arange(self.max_len - length, self.max_len, device=history.device)
-        x = self.item_emb(tokens) + self.pos_emb(positions)[None]
+        # Position = number of real items before this one (padding slots get 0, they are masked):
+        # a prefix gets the same positions alone as inside a longer window.
+        positions = ((~pad).long().cumsum(dim=1) - 1).clamp(min=0)
+        x = self.item_emb(tokens) + self.pos_emb(positions)
         x = self.emb_dropout(self.emb_norm(x))
         mask = self._attention_mask(pad)
         for layer in self.layers:

@@ -17,7 +17,7 @@ from mscg_lightning.stages.sasrec.model import SASRec
 def trim_left_padding(history: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
     """Drop the leading columns that are padding in every row: [B, T] -> [B, T'].
 
-    SASRec counts positions from the right, so this changes no output; batches of similar
+    SASRec counts positions from the first real item, so this changes no output; batches of similar
     lengths (``group_by_length``) then skip most of the padding compute. ``aligned`` tensors
     ([B, T], e.g. window targets) are cut the same way. Returns ``(history, *aligned)``.
     """

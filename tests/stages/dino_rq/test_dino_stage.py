@@ -25,7 +25,7 @@ from mscg_lightning.cli import main
 from mscg_lightning.stages.dino_rq.crops import EvalTransform
 from mscg_lightning.stages.dino_rq.data import ImageDataModule
 from mscg_lightning.stages.dino_rq.module import RQDinoModule, usage_and_perplexity
-from mscg_lightning.stages.rq.quantizer import ResidualQuantizer
+from mscg_lightning.stages.rq.module import RQModule
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = str(REPO / "configs" / "tiny-images.yaml")
@@ -142,7 +142,7 @@ def test_fit_rq_dino_with_a_corrupt_image(tmp_path):
 
     # The exported codes are the saved backbone + codebooks applied to the images.
     backbone = Dinov2Model.from_pretrained(out / "backbone").eval()
-    quantizer = ResidualQuantizer.from_file(out / "codebooks.safetensors")
+    quantizer = RQModule.from_codebooks(out / "codebooks.safetensors")
     rows = [items["item_idx"].index(i) for i in codes.item_idx.tolist()]
     pixels = torch.stack([EvalTransform(32)(Image.open(items["image_path"][r])) for r in rows])
     with torch.no_grad():

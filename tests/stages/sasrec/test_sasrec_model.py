@@ -70,6 +70,20 @@ def test_trim_left_padding_drops_only_all_padding_columns_and_changes_no_output(
         assert torch.allclose(model(history)[:, 2:], model(trimmed), atol=1e-5)
 
 
+def test_window_positions_equal_per_item_prefixes():
+    # Whole-window training is per-item training: position t of a window gives the output of
+    # the prefix that ends at t, fed alone (left-padded) as a per-item sample would be.
+    torch.manual_seed(0)
+    model = SASRec(num_items=30, hidden_size=16, num_heads=2, inner_size=32, max_len=8).eval()
+    window = torch.tensor([[-1, -1, 5, 9, 2, 17, 3, 11]])
+    with torch.no_grad():
+        hidden = model(window)
+        for t in range(2, 8):
+            prefix = torch.full((1, 8), -1)
+            prefix[0, 8 - (t - 1) :] = window[0, 2 : t + 1]
+            assert torch.allclose(hidden[0, t], model.last_hidden(prefix)[0], atol=1e-5)
+
+
 def test_mask_items_masks_history_but_not_padding():
     scores = torch.zeros(2, 5)
     mask_items(scores, torch.tensor([[-1, 1, 3], [-1, -1, 0]]))

@@ -61,7 +61,7 @@ def utc_now() -> str:
 
 
 def write_result(name: str, payload: dict[str, Any], results_dir: Path = RESULTS) -> Path:
-    """Write ``<results_dir>/<name>.json``, adding ``machine``, ``command`` and ``date`` if absent."""
+    """Write ``<results_dir>/<name>.json``, adding ``machine``, ``command``, ``date`` if absent."""
     payload = dict(payload)
     payload.setdefault("machine", machine_info())
     payload.setdefault("command", command_line())

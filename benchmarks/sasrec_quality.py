@@ -5,9 +5,10 @@
 
 Runs the real chain code: the ``prepare`` stage (``amazon2014`` / ``amazon2018`` adapter), then the
 ``sasrec`` stage (SASRecModule + SequenceDataModule in whole-window mode, early stopping on
-validation NDCG@10, test on the best checkpoint). Writes ``benchmarks/results/sasrec_<dataset>.json``
-and a row of ``benchmarks/results/README.md``. Evaluation: full ranking over the whole catalogue,
-leave-one-out, history items not masked (DESIGN.md section 5).
+validation NDCG@10, test on the best checkpoint). Writes
+``benchmarks/results/sasrec_<dataset>.json`` and a row of ``benchmarks/results/README.md``.
+Evaluation: full ranking over the whole catalogue, leave-one-out, history items not masked
+(DESIGN.md section 5).
 """
 
 from __future__ import annotations

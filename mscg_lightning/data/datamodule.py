@@ -171,7 +171,7 @@ def collate_next_item(batch: list[dict], max_history: int) -> dict[str, torch.Te
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """A random order of ``lengths`` in which each run of ``batch_size`` indices has similar lengths.
+    """A random order of indices in which each run of ``batch_size`` has similar ``lengths``.
 
     Indices are shuffled, cut into groups of ``group_batches`` batches, sorted by length within
     a group and cut into batches; the batches are shuffled (a final short batch stays last, so

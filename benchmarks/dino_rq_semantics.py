@@ -129,14 +129,15 @@ def load_split(data: Path, n_train: int, n_eval: int, seed: int):
     return files[tr].tolist(), labels[tr], files[ev].tolist(), labels[ev]
 
 
-def embed(backbone: torch.nn.Module, files: list[str], size: int) -> torch.Tensor:
+def embed(
+    backbone: torch.nn.Module, files: list[str], size: int, device: torch.device
+) -> torch.Tensor:
     """CLS embeddings [N, D] of image files with the eval transform (as the stage exports)."""
-    from mscg_lightning.stages.dino_rq.data import ImageDataModule
-    from mscg_lightning.stages.dino_rq.stage import embed_items
+    from mscg_lightning.stages.dino_rq.data import ImageDataModule, embed_images
 
     data = ImageDataModule(image_paths=files, batch_size=256, global_size=size)
     data.setup()
-    item_idx, emb, failed = embed_items(backbone, data)
+    item_idx, emb, failed = embed_images(backbone, data, device)
     if failed or len(item_idx) != len(files):
         raise RuntimeError(f"{len(files) - len(item_idx)} images could not be read")
     return emb
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)"
     )
+    parser.add_argument("--accelerator", default="cpu", help="cpu, or gpu (one CUDA device)")
     parser.add_argument("--workers", type=int, default=1, help="augmentation worker processes")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--levels", type=int, default=3)
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vit", type=str, default="96,4,3,8", help="hidden,layers,heads,patch")
     parser.add_argument("--layerscale", type=float, default=1.0, help="ViT LayerScale init")
     parser.add_argument("--prototypes", type=int, default=1024)
+    parser.add_argument("--head_hidden", type=int, default=512, help="DINO/iBOT head MLP width")
     parser.add_argument("--rq_decay", type=float, default=0.99)
     parser.add_argument("--base_lr", type=float, default=0.004, help="lr for a batch of 1024")
     parser.add_argument("--momentum", type=float, default=0.992, help="teacher EMA momentum")
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     start_all = time.perf_counter()
     hidden, layers, heads, patch = (int(x) for x in args.vit.split(","))
     n_train, n_eval, minutes = 8000, 2000, args.minutes
-    n_prototypes, head_hidden = args.prototypes, 512
+    n_prototypes, head_hidden = args.prototypes, args.head_hidden
     if args.quick:
         n_train, n_eval, minutes = 1000, 500, min(args.minutes, 0.75)
         hidden, layers, heads, n_prototypes, head_hidden = 64, 2, 2, 256, 256
@@ -233,17 +236,20 @@ def main(argv: list[str] | None = None) -> dict:
     steps_per_epoch = len(train_files) // args.batch
 
     # Calibrate: seconds per step of the full model on real batches (augmentation included).
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     probe = RQDinoModule(**model_kwargs)
     untrained = copy.deepcopy(probe.model.student["backbone"])  # post-hoc baseline (a)
+    probe.to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     loader = iter(data.train_dataloader())
     timings = []
     for _ in range(4):
-        batch = next(loader)
+        batch = {k: v.to(device) for k, v in next(loader).items()}
         t0 = time.perf_counter()
         probe.model.training_losses(batch, 0.04)["loss"].backward()
         opt.step()
         opt.zero_grad()
+        float(next(probe.parameters()).sum())  # waits for the device
         timings.append(time.perf_counter() - t0)
     s_per_step = float(np.median(timings[1:]))
     del loader, probe, opt
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"step {step}: loss {losses[-1][1]}", flush=True)
 
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         max_steps=total_steps,
         max_epochs=-1,
@@ -297,11 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
     # Evaluation on the held-out split.
     trained = module.model.student["backbone"]
     emb = {
-        "untrained": (embed(untrained, train_files, 32), embed(untrained, eval_files, 32)),
-        "trained": (embed(trained, train_files, 32), embed(trained, eval_files, 32)),
+        name: (embed(net, train_files, 32, device), embed(net, eval_files, 32, device))
+        for name, net in (("untrained", untrained), ("trained", trained))
     }
     codes = {
-        "rq_dino": module.model.quantizer.encode(emb["trained"][1]).numpy(),
+        "rq_dino": module.model.quantizer.cpu().encode(emb["trained"][1]).numpy(),
         "post_hoc_untrained": post_hoc_codes(*emb["untrained"], args.levels, args.codebook, 0),
         "post_hoc_trained": post_hoc_codes(*emb["trained"], args.levels, args.codebook, 0),
     }

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mscg_lightning.artifacts import read_table, shard_paths
@@ -196,3 +196,32 @@ class ImageDataModule(LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate_eval,
         )
+
+
+@torch.no_grad()
+def embed_images(
+    backbone: nn.Module, data: ImageDataModule, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, torch.Tensor, dict[int, str]]:
+    """CLS embeddings of every usable image of ``data`` (eval transform, backbone in eval mode).
+
+    Returns ``item_idx`` [N] int64, embeddings [N, D] float32 on CPU, and {item_idx: reason}
+    of the images that failed to open during this pass.
+    """
+    was_training = backbone.training
+    backbone.eval().to(device)
+    positions, chunks, failed = [], [], {}
+    try:
+        for batch in data.export_dataloader():
+            for pos, reason in batch["failed"]:
+                failed[int(data.item_idx[pos])] = reason
+            if len(batch["positions"]) == 0:
+                continue
+            out = backbone(pixel_values=batch["pixels"].to(device))
+            chunks.append(out.pooler_output.float().cpu())
+            positions.append(batch["positions"])
+    finally:
+        backbone.train(was_training)
+    if not chunks:
+        raise MscgError("None of the images could be opened for the export.")
+    pos = torch.cat(positions).numpy()
+    return data.item_idx[pos], torch.cat(chunks), failed

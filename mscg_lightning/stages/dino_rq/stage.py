@@ -26,12 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 
 from mscg_lightning.artifacts import Manifest, read_manifest, write_codes, write_json
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
-from mscg_lightning.stages.dino_rq.data import ImageDataModule
+from mscg_lightning.stages.dino_rq.data import ImageDataModule, embed_images
 from mscg_lightning.stages.dino_rq.module import RQDinoModule
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
 
@@ -40,35 +39,6 @@ if TYPE_CHECKING:
     from mscg_lightning.training import LightningStage
 
 log = logging.getLogger("mscg")
-
-
-@torch.no_grad()
-def embed_items(
-    backbone: nn.Module, data: ImageDataModule, device: torch.device | str = "cpu"
-) -> tuple[np.ndarray, torch.Tensor, dict[int, str]]:
-    """CLS embeddings of every usable image of ``data`` (eval transform, backbone in eval mode).
-
-    Returns ``item_idx`` [N] int64, embeddings [N, D] float32 on CPU, and {item_idx: reason}
-    of the images that failed to open during this pass.
-    """
-    was_training = backbone.training
-    backbone.eval().to(device)
-    positions, chunks, failed = [], [], {}
-    try:
-        for batch in data.export_dataloader():
-            for pos, reason in batch["failed"]:
-                failed[int(data.item_idx[pos])] = reason
-            if len(batch["positions"]) == 0:
-                continue
-            out = backbone(pixel_values=batch["pixels"].to(device))
-            chunks.append(out.pooler_output.float().cpu())
-            positions.append(batch["positions"])
-    finally:
-        backbone.train(was_training)
-    if not chunks:
-        raise MscgError("dino_rq: no item image could be opened for the export.")
-    pos = torch.cat(positions).numpy()
-    return data.item_idx[pos], torch.cat(chunks), failed
 
 
 def _missing_table(num_items: int, kept: np.ndarray, reasons: dict[int, str]) -> pa.Table:
@@ -134,13 +104,13 @@ def run(ctx: StageContext) -> Manifest | None:
         stage.trainer.fit(model, datamodule=data, ckpt_path=stage.resume_from)
         if ctx.out_dir is None:
             return None  # rank > 0: rank 0 exports
-        item_idx, emb, failed = embed_items(model.model.student["backbone"], data, device)
+        item_idx, emb, failed = embed_images(model.model.student["backbone"], data, device)
         codes = model.model.quantizer.encode(emb.to(model.model.quantizer.codebooks.device))
         full = append_collision_level(codes.cpu(), torch.from_numpy(item_idx))
         diag = code_diagnostics(full, model.codebook_size, levels=model.levels)
         diag["collision_size"] = int(full[:, -1].max()) + 1
     elif mode == "post_hoc":
-        item_idx, emb, failed = embed_items(model.model.student["backbone"], data, device)
+        item_idx, emb, failed = embed_images(model.model.student["backbone"], data, device)
         full, diag, rq = _post_hoc_codes(ctx, stage, model, emb, item_idx)
         if ctx.out_dir is None:
             return None

@@ -82,6 +82,8 @@ class SASRecModule(L.LightningModule):
             max_len=max_len,
         )
         self.ks = tuple(int(k) for k in ks)
+        #: Whether ``rank`` masks history items; the stage flips it for a second, named test pass.
+        self.mask_history = mask_history
         self.val_metrics = RetrievalMetrics(self.ks)
         self.test_metrics = RetrievalMetrics(self.ks)
         #: ``compute_with_ci()`` of the last test epoch, on every rank.
@@ -109,7 +111,7 @@ class SASRecModule(L.LightningModule):
         """Top-``k`` item_idx per user, best first: history [B, T] -> [B, k]."""
         (trimmed,) = trim_left_padding(history)
         scores = self.model.scores(self.model.last_hidden(trimmed))
-        if self.hparams.mask_history:
+        if self.mask_history:
             mask_items(scores, history)
         return scores.topk(min(k, scores.shape[1]), dim=1).indices
 

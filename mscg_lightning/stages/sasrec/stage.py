@@ -3,6 +3,10 @@
 Artifact ``<run_dir>/sasrec/``: ``embeddings.parquet`` (the item table without the padding row,
 [num_items, hidden]), ``metrics.json`` (test and validation metrics of the best checkpoint, with
 95% bootstrap CIs) and ``manifest.json`` (``extra``: ``dim``, ``modality`` = collab, ``missing``).
+
+``metrics.json["test"]`` follows ``model.init_args.mask_history`` (off by default, DESIGN.md
+section 5); ``test_history_masked`` holds the same test with the user's history items masked out
+of the ranking, for comparison with published rows that mask them.
 """
 
 from __future__ import annotations
@@ -60,6 +64,12 @@ def run(ctx: StageContext) -> Manifest:
     valid = metrics_with_ci(model.val_metrics)
     trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     test = model.test_result
+    masked = test
+    if not model.mask_history:  # the same weights, history items masked: one more test pass
+        model.mask_history = True
+        trainer.test(model, datamodule=data, verbose=False)
+        masked = model.test_result
+        model.mask_history = False
     wall = time.perf_counter() - start
 
     table = model.model.item_table.detach().float().cpu().numpy()
@@ -71,6 +81,7 @@ def run(ctx: StageContext) -> Manifest:
             {
                 "model": "SASRec",
                 "test": test,
+                "test_history_masked": masked,
                 "valid": valid,
                 "epochs": epochs,
                 "wall_seconds": wall,

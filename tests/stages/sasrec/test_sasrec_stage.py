@@ -152,6 +152,10 @@ def test_stage_learns_exports_and_resumes(tmp_path):
     # The pattern is deterministic: the best checkpoint must have learnt it.
     assert metrics["test"]["recall@1"]["mean"] >= 0.9
     assert metrics["valid"]["ndcg@10"]["mean"] == pytest.approx(metrics["best_val_ndcg@10"])
+    # Targets never repeat a history item here: masking history can only move them up.
+    masked = metrics["test_history_masked"]
+    assert masked["mrr@10"]["mean"] >= metrics["test"]["mrr@10"]["mean"]
+    assert masked["num_users"] == metrics["test"]["num_users"]
 
     # The exported table is the one of the best checkpoint's weights.
     best = torch.load(metrics["best_checkpoint"], weights_only=False)["state_dict"]

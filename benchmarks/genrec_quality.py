@@ -31,13 +31,33 @@ from mscg_lightning.cli import main  # noqa: E402
 VARIANTS = {
     "instruments": {
         # MQL4GRec's given text (LLaMA) + image (ViT-L/14) codes, our SASRec collaborative codes
-        "mscgrec": ({"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"}, "collab", []),
+        "mscgrec": (
+            {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
+            "collab",
+            [],
+        ),
         # our own MiniLM text codes in place of the given text codes
-        "mscgrec_minilm": ({"text": "rq_text", "image": "prepare:codes_vitemb", "collab": "rq_collab"}, "collab", []),
+        "mscgrec_minilm": (
+            {"text": "rq_text", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
+            "collab",
+            [],
+        ),
         "tiger_text": ({"text": "prepare:codes_lemb"}, "text", []),
-        "no_pos_emb": ({"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"}, "collab", ["--genrec.model.init_args.position_bias", "t5"]),
-        "no_const_train": ({"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"}, "collab", ["--genrec.model.init_args.constrained_training", "false"]),
-        "masking": ({"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"}, "collab", ["--genrec.model.init_args.mask_prob", "0.75"]),
+        "no_pos_emb": (
+            {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
+            "collab",
+            ["--genrec.model.init_args.position_bias", "t5"],
+        ),
+        "no_const_train": (
+            {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
+            "collab",
+            ["--genrec.model.init_args.constrained_training", "false"],
+        ),
+        "masking": (
+            {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
+            "collab",
+            ["--genrec.model.init_args.mask_prob", "0.75"],
+        ),
     },
     "beauty": {
         "mscgrec": ({"text": "rq_text", "collab": "rq_collab"}, "collab", []),
@@ -64,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=None, help="comma-separated (default: all of the dataset)")
     p.add_argument("--run_dir", default=None, help="default: runs/benchmarks/genrec_<dataset>")
     p.add_argument("--data_root", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--overlay", action="append", default=[], help="extra --config files (trainer overlays)")
-    p.add_argument("--max_time", default=None, help="genrec trainer.max_time per variant, DD:HH:MM:SS")
+    p.add_argument(
+        "--overlay", action="append", default=[], help="extra --config files (trainer overlays)"
+    )
+    p.add_argument(
+        "--max_time", default=None, help="genrec trainer.max_time per variant, DD:HH:MM:SS"
+    )
     p.add_argument("--max_epochs", type=int, default=None)
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result file name (default genrec_<dataset>)")
@@ -89,7 +113,14 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     start_all = time.perf_counter()
     for variant in variants:
         sources, target, overrides = VARIANTS[args.dataset][variant]
-        stages = sorted({"prepare", "sasrec", "rq_collab", *(s.split(":")[0] for s in sources.values() if not s.startswith("prepare"))})
+        stages = sorted(
+            {
+                "prepare",
+                "sasrec",
+                "rq_collab",
+                *(s.split(":")[0] for s in sources.values() if not s.startswith("prepare")),
+            }
+        )
         if "rq_text" in stages:
             stages.append("text_embed")
         start = time.perf_counter()
@@ -111,7 +142,9 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         metrics = json.loads((run_dir / "genrec" / "metrics.json").read_text())
         rows[variant] = {**metrics, "wall_seconds": timings[variant]}
         shutil.copy(run_dir / "genrec" / "metrics.json", run_dir / f"genrec_metrics_{variant}.json")
-        print(f"[genrec_quality] {variant}: R@10 {metrics['test']['recall@10']['mean']:.4f} N@10 {metrics['test']['ndcg@10']['mean']:.4f}")
+        print(
+            f"[genrec_quality] {variant}: R@10 {metrics['test']['recall@10']['mean']:.4f} N@10 {metrics['test']['ndcg@10']['mean']:.4f}"
+        )
     sasrec = json.loads((run_dir / "sasrec" / "metrics.json").read_text())
     payload = {
         "dataset": args.dataset,
@@ -124,7 +157,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     name = args.name or f"genrec_{args.dataset}"
     path = write_result(name, payload, Path(args.results_dir))
     summary = ", ".join(
-        f"{v} R@10 {r['test']['recall@10']['mean']:.4f} N@10 {r['test']['ndcg@10']['mean']:.4f}" for v, r in rows.items()
+        f"{v} R@10 {r['test']['recall@10']['mean']:.4f} N@10 {r['test']['ndcg@10']['mean']:.4f}"
+        for v, r in rows.items()
     )
     append_row(name, summary, payload["wall_seconds"])
     print(f"[genrec_quality] wrote {path}")

@@ -90,7 +90,10 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     sasrec_dir = Path(args.sasrec or run / "sasrec")
 
     rows = {}
-    for name, directory in (("MiniLM text (ours, rq 3x256)", text_dir), ("SASRec (ours, rq 3x256)", sasrec_dir)):
+    for name, directory in (
+        ("MiniLM text (ours, rq 3x256)", text_dir),
+        ("SASRec (ours, rq 3x256)", sasrec_dir),
+    ):
         table = read_embeddings(directory)
         codes = quantize(table.embeddings, args)
         rows[name] = summary(code_diagnostics(codes, args.codebook_size, levels=args.levels))
@@ -101,7 +104,7 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     rows["LETTER (published, first 3 levels)"] = summary(code_diagnostics(letter, k, levels=3))
     rows["LETTER (published, all 4 levels)"] = summary(code_diagnostics(letter, k, levels=4))
 
-    header = f"| codes | items | distinct prefixes | collision rate | largest group | usage % per level | perplexity per level |"
+    header = "| codes | items | distinct prefixes | collision rate | largest group | usage % per level | perplexity per level |"
     lines = [header, "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(
@@ -115,7 +118,10 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     path = write_result("rq_diagnostics", payload)
     append_row(
         "rq_diagnostics",
-        "; ".join(f"{n}: collisions {r['collision_rate']:.3f}, largest {r['largest_group']}" for n, r in rows.items()),
+        "; ".join(
+            f"{n}: collisions {r['collision_rate']:.3f}, largest {r['largest_group']}"
+            for n, r in rows.items()
+        ),
         wall,
     )
     print(f"[rq_diagnostics] wrote {path}")

@@ -10,8 +10,8 @@ content hashes as the current run would give it; it is then skipped.
 from __future__ import annotations
 
 import importlib
-import shutil
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field

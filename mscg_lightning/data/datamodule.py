@@ -149,16 +149,22 @@ class WindowDataset(Dataset):
         }
 
 
-def collate_windows(batch: list[dict], max_history: int) -> dict[str, torch.Tensor]:
+def collate_windows(
+    batch: list[dict], max_history: int, loss_norm: float | None = None
+) -> dict[str, torch.Tensor]:
     """``user_idx`` [B], ``history`` and ``targets`` [B, max_history], both left-padded with -1.
 
-    ``targets[:, t]`` is the item that follows ``history[:, t]``.
+    ``targets[:, t]`` is the item that follows ``history[:, t]``. With ``loss_norm``, the batch
+    also carries it as a scalar tensor (see :meth:`SequenceDataModule.loss_norm`).
     """
-    return {
+    out = {
         "user_idx": torch.tensor([b["user_idx"] for b in batch], dtype=torch.long),
         "history": pad_left([b["history"] for b in batch], max_history),
         "targets": pad_left([b["targets"] for b in batch], max_history),
     }
+    if loss_norm is not None:
+        out["loss_norm"] = torch.tensor(loss_norm, dtype=torch.float32)
+    return out
 
 
 def collate_next_item(batch: list[dict], max_history: int) -> dict[str, torch.Tensor]:
@@ -249,6 +255,8 @@ class SequenceDataModule(L.LightningDataModule):
         group_by_length: train batches of similar history lengths (:class:`LengthGroupedSampler`)
             and valid/test rows sorted by history length, so that a model that drops all-padding
             columns computes little padding (SASRec does; per-user metrics do not change).
+            Window batches carry ``loss_norm`` so that a model can keep every target's weight
+            equal (a per-batch mean would favour the targets of short windows).
         seed: seed of the length-grouped train order.
     """
 
@@ -327,16 +335,31 @@ class SequenceDataModule(L.LightningDataModule):
             sampler = LengthGroupedSampler(
                 dataset.sample_lengths(), self.batch_size, seed=self.seed
             )
-        collate = collate_windows if isinstance(dataset, WindowDataset) else collate_next_item
+        collate = functools.partial(collate_next_item, max_history=self.max_history)
+        if isinstance(dataset, WindowDataset):
+            collate = functools.partial(
+                collate_windows, max_history=self.max_history, loss_norm=self.loss_norm()
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle if sampler is None else False,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=functools.partial(collate, max_history=self.max_history),
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def loss_norm(self) -> float:
+        """Expected number of targets in a full window batch: ``batch_size`` x mean per window.
+
+        A loss summed over a batch's targets and divided by this weighs every target of the
+        epoch equally. A per-batch mean would not once batches are grouped by length: a target
+        in a batch of short windows would weigh up to ``max_history`` times more than one in a
+        batch of long windows.
+        """
+        lengths = self.datasets["train"].sample_lengths()
+        return float(self.batch_size * lengths.mean()) if len(lengths) else 1.0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

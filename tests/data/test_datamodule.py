@@ -116,13 +116,16 @@ def test_datamodule_batches_in_both_train_modes(tmp_path):
     dm = SequenceDataModule(str(tmp_path), batch_size=64, max_history=4, train_mode="windows")
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"user_idx", "history", "targets"}
+    assert set(batch) == {"user_idx", "history", "targets", "loss_norm"}
     assert batch["history"].shape == batch["targets"].shape == (len(dm.datasets["train"]), 4)
     # Padding is aligned: a position has a target exactly when it has an input.
     assert torch.equal(batch["history"] < 0, batch["targets"] < 0)
     # Each user's targets counted once over all windows: sum over TRAIN lengths - 1, cycled.
     expected = sum(max(len(TRAIN[u % 4]) - 1, 0) for u in range(7))
     assert int((batch["targets"] >= 0).sum()) == expected
+    # loss_norm = batch_size x mean targets per window (the expected targets of a full batch).
+    windows = len(dm.datasets["train"])
+    assert batch["loss_norm"].item() == pytest.approx(64 * expected / windows)
 
 
 def test_windows_need_per_item_targets(tmp_path):

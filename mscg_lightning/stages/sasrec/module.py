@@ -40,8 +40,9 @@ class SASRecModule(L.LightningModule):
     """Trains :class:`SASRec` with cross-entropy over all items and ranks the whole catalogue.
 
     Training batches are either whole windows (``history`` [B, T], ``targets`` [B, T], -1 =
-    no target: every position is trained in one pass) or single samples (``history`` [B, T],
-    ``target`` [B]: only the last position). Validation/test batches carry ``user_idx`` [B],
+    no target: every position is trained in one pass; optional ``loss_norm``: the summed loss is
+    divided by it instead of averaged) or single samples (``history`` [B, T], ``target`` [B]:
+    only the last position). Validation/test batches carry ``user_idx`` [B],
     ``history`` [B, T], ``target`` [B]; the top ``max(ks)`` items go to
     :class:`~mscg_lightning.metrics.RetrievalMetrics`, logged as ``val/ndcg@10`` etc.
 
@@ -100,7 +101,13 @@ class SASRecModule(L.LightningModule):
             hidden = self.model.last_hidden(history)
             targets = batch["target"]
         # Logits over the whole catalogue for the selected positions only: [M, N].
-        loss = F.cross_entropy(self.model.scores(hidden), targets)
+        logits = self.model.scores(hidden)
+        if "loss_norm" in batch:
+            # Sum / expected targets per batch: every target weighs the same, also in batches
+            # grouped by length (a batch mean would favour targets of short windows).
+            loss = F.cross_entropy(logits, targets, reduction="sum") / batch["loss_norm"]
+        else:
+            loss = F.cross_entropy(logits, targets)
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets)
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -202,8 +201,8 @@ def run_image(ctx: StageContext) -> Manifest:
         return _given(ctx, cfg.given, "image")
     if not cfg.model:
         raise MscgError("image_embed needs either `model` (an image encoder) or `given` features.")
-    from mscg_lightning.stages.text.encoders import ImageEncoder
     from mscg_lightning.data.images import load_item_images
+    from mscg_lightning.stages.text.encoders import ImageEncoder
 
     table = _items(ctx)
     encoder = ImageEncoder(

@@ -198,3 +198,24 @@ def test_mask_history_removes_history_items_from_ranking():
     assert ranked.shape == (2, 10)
     assert not set(ranked[0].tolist()) & {0, 1, 2, 3, 4}
     assert not set(ranked[1].tolist()) & {7, 8}
+
+
+def test_window_loss_weighs_every_target_equally():
+    torch.manual_seed(0)
+    module = SASRecModule(num_items=20, hidden_size=8, num_heads=1, inner_size=16, max_len=4)
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    module.eval()  # no dropout: the three losses below see the same outputs
+    history = torch.tensor([[-1, -1, 3, 4], [1, 2, 3, 4]])
+    targets = torch.tensor([[-1, -1, 4, 5], [2, 3, 4, 6]])
+    batch = {"history": history, "targets": targets}
+    mean = module.training_step(batch, 0)  # plain mean over the 6 targets
+    summed = module.training_step({**batch, "loss_norm": torch.tensor(12.0)}, 0)
+    assert summed.item() == pytest.approx(mean.item() * 6 / 12, rel=1e-5)
+    # A batch's loss is the sum of its rows' losses: a short window is not up-weighted.
+    short = module.training_step(
+        {"history": history[:1], "targets": targets[:1], "loss_norm": torch.tensor(12.0)}, 0
+    )
+    long = module.training_step(
+        {"history": history[1:], "targets": targets[1:], "loss_norm": torch.tensor(12.0)}, 0
+    )
+    assert (short + long).item() == pytest.approx(summed.item(), rel=1e-5)

@@ -24,6 +24,7 @@ COMMANDS = {
     "fit": "run the chain: every configured stage in order, skipping those up to date",
     "test": "print the metrics table (SASRec and GenRec, with 95% bootstrap CIs) of a finished run",
     "predict": "top-K items for user histories given as Parquet",
+    "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
     **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
 }
 
@@ -44,6 +45,8 @@ def _parser(command: str):
         parser.add_argument(
             "--stages", type=str | None, default=None, help="comma-separated subset of stages"
         )
+    if command == "attribute":
+        parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
     if command == "predict":
         parser.add_argument("--user_histories", type=str, required=True)
         parser.add_argument("--output", type=str, default=None)
@@ -88,6 +91,11 @@ def _run(command: str, config) -> int:
         return 0
     if command == "test":
         _print_report(config, missing_ok=False)
+        return 0
+    if command == "attribute":
+        from mscg_lightning.stages.genrec.attribution import attribute
+
+        attribute(config, metric=config.metric)
         return 0
     if command == "predict":
         from mscg_lightning.stages.genrec.stage import predict

@@ -82,6 +82,14 @@ def test_tiny_chain_runs_then_is_up_to_date(tmp_path, capsys):
     stages = [line for line in out.splitlines() if line.startswith("[mscg]")]
     assert stages and all("up to date" in line for line in stages), out
     assert "| SASRec | 60 |" in out
+    # modality attribution over the three modalities: 8 subsets, efficient Shapley values
+    assert main(["attribute", *_tiny(tmp_path)]) == 0
+    result = json.loads((run / "attribution.json").read_text())
+    assert len(result["subsets"]) == 8 and set(result["shapley"]) == {"text", "image", "collab"}
+    full, empty = result["subsets"]["collab+image+text"], result["subsets"]["(all masked)"]
+    gain = full["ndcg@10"] - empty["ndcg@10"]
+    assert sum(result["shapley"].values()) == pytest.approx(gain, abs=1e-9)
+    capsys.readouterr()
     # a changed config redoes that stage and what depends on it, nothing else
     assert main(["fit", *_tiny(tmp_path, "--rq_text.model.init_args.kmeans_iters", "3")]) == 0
     out = capsys.readouterr().out

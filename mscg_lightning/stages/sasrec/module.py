@@ -106,11 +106,11 @@ class SASRecModule(L.LightningModule):
             # Sum / expected targets per batch: every target weighs the same, also in batches
             # grouped by length (a batch mean would favour targets of short windows).
             loss = F.cross_entropy(logits, targets, reduction="sum") / batch["loss_norm"]
+            weight = 1  # the plain mean of these over an epoch is the mean CE per target
         else:
             loss = F.cross_entropy(logits, targets)
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets)
-        )
+            weight = len(targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=weight)
         return loss
 
     @torch.no_grad()

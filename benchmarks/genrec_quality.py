@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,8 +94,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_epochs", type=int, default=None)
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result file name (default genrec_<dataset>)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="variants trained at once (separate processes)"
+    )
     p.add_argument("extra", nargs="*", help="more `mscg fit` overrides, after --")
     return p.parse_args(argv)
+
+
+def upstream_stages(sources: dict[str, str]) -> list[str]:
+    """The stages a variant's genrec needs, in no particular order (the chain orders them)."""
+    stages = {"prepare", "sasrec", "rq_collab"}
+    stages |= {s.split(":")[0] for s in sources.values() if not s.startswith("prepare")}
+    if "rq_text" in stages:
+        stages.add("text_embed")
+    return sorted(stages)
+
+
+def variant_command(base: list[str], variant: str, dataset: str, run_dir: Path, stages: list[str]):
+    """The `mscg fit` arguments of one variant."""
+    sources, target, overrides = VARIANTS[dataset][variant]
+    return [
+        "fit",
+        *base,
+        "--run_dir",
+        str(run_dir),
+        "--genrec.modalities",
+        json.dumps(sources),
+        "--genrec.target",
+        target,
+        *overrides,
+        "--stages",
+        ",".join(stages),
+    ]
+
+
+def run_parallel(
+    base: list[str], dataset: str, variants: list[str], run_dir: Path, jobs: int
+) -> dict[str, tuple[Path, float]]:
+    """Upstream stages once in ``run_dir``, then each variant's genrec in its own copy of it.
+
+    Up to ``jobs`` variants train at once as separate processes (a small T5 leaves most of a
+    large GPU idle); returns each variant's run directory and wall seconds.
+    """
+    upstream = sorted({s for v in variants for s in upstream_stages(VARIANTS[dataset][v][0])})
+    first = variants[0]
+    if main(variant_command(base, first, dataset, run_dir, upstream)) != 0:
+        raise SystemExit("upstream stages failed")
+    skip = shutil.ignore_patterns("checkpoints", "tensorboard", "variants", "genrec*")
+    pending, running, done = list(variants), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            variant = pending.pop(0)
+            vdir = run_dir / "variants" / variant
+            if vdir.exists():
+                shutil.rmtree(vdir)
+            shutil.copytree(run_dir, vdir, ignore=skip)
+            cmd = variant_command(base, variant, dataset, vdir, [*upstream, "genrec"])
+            log = (run_dir / "variants" / f"{variant}.log").open("w")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mscg_lightning", *cmd], stdout=log, stderr=log
+            )
+            running[variant] = (proc, time.perf_counter(), vdir)
+            print(f"[genrec_quality] {variant}: started (log {log.name})", flush=True)
+        time.sleep(5)
+        for variant, (proc, start, vdir) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[variant]
+            if proc.returncode != 0:
+                print(f"[genrec_quality] {variant}: mscg fit exited {proc.returncode}", flush=True)
+                continue
+            done[variant] = (vdir, time.perf_counter() - start)
+    return done
 
 
 def main_benchmark(argv: list[str] | None = None) -> dict:
@@ -104,46 +175,34 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     base = ["--config", str(REPO / "configs" / f"{args.dataset}.yaml")]
     for overlay in args.overlay:
         base += ["--config", overlay]
-    base += ["--run_dir", str(run_dir), "--data_root", args.data_root, *args.extra]
+    base += ["--data_root", args.data_root, *args.extra]
     if args.max_time:
         base += ["--genrec.trainer.max_time", args.max_time]
     if args.max_epochs:
         base += ["--genrec.trainer.max_epochs", str(args.max_epochs)]
-    rows, timings = {}, {}
     start_all = time.perf_counter()
-    for variant in variants:
-        sources, target, overrides = VARIANTS[args.dataset][variant]
-        stages = sorted(
-            {
-                "prepare",
-                "sasrec",
-                "rq_collab",
-                *(s.split(":")[0] for s in sources.values() if not s.startswith("prepare")),
-            }
-        )
-        if "rq_text" in stages:
-            stages.append("text_embed")
-        start = time.perf_counter()
-        command = [
-            "fit",
-            *base,
-            "--genrec.modalities",
-            json.dumps(sources),
-            "--genrec.target",
-            target,
-            *overrides,
-            "--stages",
-            ",".join([*stages, "genrec"]),
-        ]
-        code = main(command)
-        if code != 0:
-            raise SystemExit(f"variant {variant}: mscg fit exited {code}")
-        timings[variant] = time.perf_counter() - start
-        metrics = json.loads((run_dir / "genrec" / "metrics.json").read_text())
-        rows[variant] = {**metrics, "wall_seconds": timings[variant]}
-        shutil.copy(run_dir / "genrec" / "metrics.json", run_dir / f"genrec_metrics_{variant}.json")
+    if args.jobs > 1:
+        finished = run_parallel(base, args.dataset, variants, run_dir, args.jobs)
+    else:
+        finished = {}
+        for variant in variants:
+            stages = [*upstream_stages(VARIANTS[args.dataset][variant][0]), "genrec"]
+            start = time.perf_counter()
+            code = main(variant_command(base, variant, args.dataset, run_dir, stages))
+            if code != 0:
+                raise SystemExit(f"variant {variant}: mscg fit exited {code}")
+            # the next variant overwrites run_dir/genrec: keep this one's metrics now
+            kept = run_dir / f"genrec_metrics_{variant}.json"
+            shutil.copy(run_dir / "genrec" / "metrics.json", kept)
+            finished[variant] = (kept, time.perf_counter() - start)
+    rows = {}
+    for variant, (where, seconds) in finished.items():
+        path = where if where.suffix == ".json" else where / "genrec" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        rows[variant] = {**metrics, "wall_seconds": seconds}
         print(
-            f"[genrec_quality] {variant}: R@10 {metrics['test']['recall@10']['mean']:.4f} N@10 {metrics['test']['ndcg@10']['mean']:.4f}"
+            f"[genrec_quality] {variant}: R@10 {metrics['test']['recall@10']['mean']:.4f} "
+            f"N@10 {metrics['test']['ndcg@10']['mean']:.4f}"
         )
     sasrec = json.loads((run_dir / "sasrec" / "metrics.json").read_text())
     payload = {
@@ -160,7 +219,7 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         f"{v} R@10 {r['test']['recall@10']['mean']:.4f} N@10 {r['test']['ndcg@10']['mean']:.4f}"
         for v, r in rows.items()
     )
-    append_row(name, summary, payload["wall_seconds"])
+    append_row(name, summary, payload["wall_seconds"], table=Path(args.results_dir) / "README.md")
     print(f"[genrec_quality] wrote {path}")
     return payload
 

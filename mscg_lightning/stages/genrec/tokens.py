@@ -246,7 +246,8 @@ class HistoryTokenizer(nn.Module):
             generator: optional RNG for the random masking.
 
         Returns:
-            :class:`EncoderInputs` with S = H * tokens_per_item.
+            :class:`EncoderInputs` with S = H' * tokens_per_item, H' = the longest valid history
+            in the batch (at least 1).
         """
         b, h = history.shape
         t_item = self.layout.tokens_per_item
@@ -256,6 +257,10 @@ class HistoryTokenizer(nn.Module):
         order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
         history = history.gather(1, order)
         valid = valid.gather(1, order)
+        # Columns that are padding in every row change nothing (positions count from the most
+        # recent item), so drop them: with length-grouped batches most of S is padding otherwise.
+        keep = max(int(valid.sum(1).max()), 1) if h else 0
+        history, valid, h = history[:, h - keep :], valid[:, h - keep :], keep
         tokens = self.item_tokens[history.clamp(min=0)]  # [B, H, T_item]
 
         m_count = self.layout.num_modalities

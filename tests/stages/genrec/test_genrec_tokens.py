@@ -46,11 +46,24 @@ def test_history_tokens_right_aligned_with_missing_modalities() -> None:
     item0 = [1 + 3, 5 + 2, 8 + 1, 10 + 4, 15 + 1]
     item1 = [1 + 0, 5 + 0, 8 + 0, 20, 21]  # collab missing -> its mask tokens
     item3 = [17, 18, 19, 10 + 2, 15 + 1]  # text missing
-    assert enc.input_ids.tolist() == [[0] * 5 + item0 + item1, [0] * 10 + item3]
-    assert enc.attention_mask.tolist() == [[False] * 5 + [True] * 10, [False] * 10 + [True] * 5]
-    assert enc.item_pos.tolist() == [2] * 5 + [1] * 5 + [0] * 5
-    assert enc.code_pos.tolist() == [0, 1, 2, 3, 4] * 3
+    # the first column is padding in every row after right-alignment: it is dropped
+    assert enc.input_ids.tolist() == [item0 + item1, [0] * 5 + item3]
+    assert enc.attention_mask.tolist() == [[True] * 10, [False] * 5 + [True] * 5]
+    assert enc.item_pos.tolist() == [1] * 5 + [0] * 5
+    assert enc.code_pos.tolist() == [0, 1, 2, 3, 4] * 2
     assert tok.target_codes(torch.tensor([0, 1, 3])).tolist() == [[4, 1], [-1, -1], [2, 1]]
+
+
+def test_all_padding_columns_are_dropped_but_every_row_keeps_its_items() -> None:
+    tok = make_tokenizer()
+    padded = tok(torch.tensor([[-1, -1, -1, 3, -1], [-1, 0, -1, -1, 2]]))
+    alone = [tok(torch.tensor([[3]])), tok(torch.tensor([[0, 2]]))]
+    assert padded.input_ids.shape == (2, 10)
+    assert padded.input_ids[0, 5:].tolist() == alone[0].input_ids[0].tolist()
+    assert padded.input_ids[1].tolist() == alone[1].input_ids[0].tolist()
+    assert padded.item_pos.tolist() == alone[1].item_pos.tolist()
+    empty = tok(torch.full((3, 4), -1))  # no history at all: one masked-out item position
+    assert empty.input_ids.shape == (3, 5) and not empty.attention_mask.any()
 
 
 def test_eval_masking_of_chosen_modalities() -> None:

@@ -6,6 +6,7 @@
     mscg <stage> --config X.yaml                      # any single stage: sasrec, rq_text, genrec...
     mscg test --config X.yaml                         # metrics table of the finished run
     mscg fit --config X.yaml --print_config           # the resolved chain config
+    mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
 
 Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 anything else.
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "test": "print the metrics table (SASRec and GenRec, with 95% bootstrap CIs) of a finished run",
     "predict": "top-K items for user histories given as Parquet",
     "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
+    "report": "PNG of the main training curves from TensorBoard, and the metrics table",
     **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
 }
 
@@ -65,6 +67,8 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if command == "report":
+        return _report(rest)
     parser = _parser(command)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
@@ -107,11 +111,41 @@ def _run(command: str, config) -> int:
 
 
 def _print_report(config, missing_ok: bool = True) -> None:
-    from mscg_lightning.report import metrics_report
+    from mscg_lightning.artifacts import is_rank_zero
+    from mscg_lightning.report import metrics_report, write_tensorboard_text
 
     text = metrics_report(Path(config.run_dir), missing_ok=missing_ok)
     if text:
         print(text)
+        if is_rank_zero():
+            write_tensorboard_text(Path(config.run_dir), text)
+
+
+def _report(args: Sequence[str]) -> int:
+    """``mscg report --run_dir D [--out PNG]``: the curves of a run as one PNG, and its table."""
+    from jsonargparse import ArgumentParser
+
+    from mscg_lightning.report import metrics_report, plot_report
+
+    parser = ArgumentParser(prog="mscg report", description=COMMANDS["report"])
+    parser.add_argument("--run_dir", type=str, required=True, help="the run directory of mscg fit")
+    parser.add_argument("--out", type=str | None, default=None, help="PNG (<run_dir>/report.png)")
+    try:
+        opts = parser.parse_args(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    run_dir = Path(opts.run_dir)
+    try:
+        out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
+        text = metrics_report(run_dir, missing_ok=True)
+    except MscgError as err:
+        print(f"mscg: error: {err}", file=sys.stderr)
+        return 2
+    curves = "; ".join(f"{stage}: {', '.join(tags)}" for stage, tags in drawn.items() if tags)
+    print(f"[mscg] report: {out} ({curves})")
+    if text:
+        print(text)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

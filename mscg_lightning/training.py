@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from mscg_lightning.artifacts import is_rank_zero
 from mscg_lightning.config import stage_parser
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
@@ -27,6 +31,40 @@ class LightningStage:
     trainer: L.Trainer
     resume_from: str | None
     checkpoint: ModelCheckpoint
+
+
+class RngState(L.Callback):
+    """Keeps the global RNG states (torch, CUDA, numpy, python) in checkpoints; restores them.
+
+    Lightning restores weights, optimisers and loop counters but not the RNGs, so without this a
+    resumed run draws other shuffle orders, dropout and modality masks than an uninterrupted one
+    and ends with other metrics. The states are restored while the checkpoint is loaded, before
+    Lightning creates the first train iterator: the same point in the stream of random numbers
+    at which an uninterrupted run starts its next epoch. Under DDP every rank restores the state
+    of rank 0 (the only one a checkpoint holds).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain values only: Lightning loads checkpoints with weights_only=True.
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            # the current device only: the one this rank trains on
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
 
 
 def build_stage(
@@ -66,13 +104,15 @@ def build_stage(
         save_last=True,
         save_top_k=1,
     )
-    callbacks.append(checkpoint)
+    callbacks += [checkpoint, RngState()]
     logger = trainer_kwargs.pop("logger", None)
     if logger is None or logger is True:
         logger = TensorBoardLogger(str(ctx.tensorboard_dir), name=ctx.name, version="")
     trainer_kwargs["default_root_dir"] = str(ckpt_dir)
     trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=logger)
     last = ckpt_dir / "last.ckpt"
+    if last.is_file() and is_rank_zero():
+        print(f"[mscg] {ctx.name}: resuming from {last}", flush=True)
     _save_config(ctx, section)
     return LightningStage(
         model=init.model,

@@ -409,6 +409,9 @@ class GenRecT5(nn.Module):
         bias = self.encoder_bias_values(item_pos, code_pos)
         pad = torch.where(attention_mask, 0.0, _neg(bias.dtype))[:, None, None, :]
         bias = bias + pad  # [B, H, S, S], shared by every layer as in T5
+        if torch.is_autocast_enabled(x.device.type):
+            # one low-precision copy for all layers rather than one [B, H, S, S] copy per layer
+            bias = bias.to(torch.get_autocast_dtype(x.device.type))
         for layer in self.encoder_layers:
             x = layer(x, bias)
         return self.dropout(self.encoder_norm(x))

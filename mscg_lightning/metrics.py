@@ -117,8 +117,12 @@ class RetrievalMetrics(Metric):
     def compute_with_ci(
         self, num_samples: int = 1000, seed: int = 0
     ) -> dict[str, dict[str, float]]:
-        """Mean and bootstrap 95% CI per metric: ``{"recall@10": {"mean", "ci_low", "ci_high"}}``."""
-        ranks = self._unique_ranks()
+        """Mean and bootstrap 95% CI per metric: ``{"recall@10": {"mean", "ci_low", "ci_high"}}``.
+
+        Over the ranks of every process (``sync_context`` is a no-op without a process group).
+        """
+        with self.sync_context():
+            ranks = self._unique_ranks()
         out = {"num_users": {"mean": float(ranks.numel())}}
         for name, values in per_user_metrics(ranks, self.ks).items():
             low, high = bootstrap_ci(values, num_samples=num_samples, seed=seed)

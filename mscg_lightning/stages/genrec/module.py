@@ -218,8 +218,7 @@ class GenRecModule(L.LightningModule):
         self.predictions.append((batch["user_idx"].cpu(), items.cpu(), scores.float().cpu()))
 
     def on_test_epoch_end(self) -> None:
-        with self.test_metrics.sync_context():
-            self.test_result = self.test_metrics.compute_with_ci()
+        self.test_result = self.test_metrics.compute_with_ci()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank ranked its own users: gather them so rank 0 exports all predictions.
             gathered: list[Any] = [None] * torch.distributed.get_world_size()

@@ -147,7 +147,7 @@ class SASRecModule(L.LightningModule):
         self._eval_step(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.test_result = metrics_with_ci(self.test_metrics)
+        self.test_result = self.test_metrics.compute_with_ci()
         self.log_dict(
             {f"test/{n}": r["mean"] for n, r in self.test_result.items() if n != "num_users"}
         )
@@ -156,9 +156,3 @@ class SASRecModule(L.LightningModule):
         return torch.optim.Adam(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-
-
-def metrics_with_ci(metric: RetrievalMetrics) -> dict[str, dict[str, float]]:
-    """``metric.compute_with_ci()`` over the ranks of all processes (a no-op sync without DDP)."""
-    with metric.sync_context():
-        return metric.compute_with_ci()

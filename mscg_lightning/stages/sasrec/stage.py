@@ -18,7 +18,7 @@ import numpy as np
 from mscg_lightning.artifacts import Manifest, read_manifest, write_embeddings, write_json
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
-from mscg_lightning.stages.sasrec.module import SASRecModule, metrics_with_ci
+from mscg_lightning.stages.sasrec.module import SASRecModule
 from mscg_lightning.training import build_stage
 
 MONITOR = "val/ndcg@10"
@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> Manifest:
     # The best checkpoint by validation NDCG@10; the last weights if no checkpoint was kept.
     best = stage.checkpoint.best_model_path or None
     trainer.validate(model, datamodule=data, ckpt_path=best, verbose=False)
-    valid = metrics_with_ci(model.val_metrics)
+    valid = model.val_metrics.compute_with_ci()
     trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     test = model.test_result
     masked = test

@@ -121,12 +121,22 @@ class MultiCropAugmentation:
     solarisation (p 0.2, second global only). DINOv2's own GaussianBlur wrapper inverts its
     probability (p=1.0 never blurs); we apply the probabilities as documented in its paper.
 
+    The blur's sigma range (DINOv2: 0.1-2.0 px) is meant for 224-px global crops; it is scaled
+    by `global_size / 224`, so that a 32-px crop of a 32-px image is blurred as much, relative
+    to its content, as a 224-px crop is. (Unscaled, sigma 2 px on a 32-px image leaves a
+    featureless smudge that no view can be matched to.)
+
     Args:
         global_size: side of a global crop in pixels (224).
         local_size: side of a local crop (98 = 7 patches of 14, the paper's setting).
         n_local: local crops per image (paper: 4; DINOv2: 8).
         global_scale: area fraction range of global crops.
         local_scale: area fraction range of local crops.
+        blur_p: blur probabilities of (first global, second global, local) crops.
+        solarize_p: solarisation probability of the second global crop.
+        jitter_p: colour-jitter probability of every crop.
+        grayscale_p: grayscale probability of every crop.
+        blur_sigma: sigma range of the blur in pixels at a 224-px global crop size.
     """
 
     def __init__(
@@ -136,12 +146,22 @@ class MultiCropAugmentation:
         n_local: int = 4,
         global_scale: tuple[float, float] = (0.32, 1.0),
         local_scale: tuple[float, float] = (0.05, 0.32),
+        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        solarize_p: float = 0.2,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
     ) -> None:
         self.global_size = global_size
         self.local_size = local_size
         self.n_local = n_local
         self.global_scale = tuple(global_scale)
         self.local_scale = tuple(local_scale)
+        self.blur_p = tuple(blur_p)
+        self.solarize_p = solarize_p
+        self.jitter_p, self.grayscale_p = jitter_p, grayscale_p
+        factor = global_size / 224
+        self.blur_sigma = (blur_sigma[0] * factor, blur_sigma[1] * factor)
 
     def _view(
         self,
@@ -155,12 +175,14 @@ class MultiCropAugmentation:
         view = random_resized_crop(image, size, scale, generator)
         if _rand(generator) < 0.5:
             view = ImageOps.mirror(view)
-        if _rand(generator) < 0.8:
+        if _rand(generator) < self.jitter_p:
             view = color_jitter(view, generator)
-        if _rand(generator) < 0.2:
+        if _rand(generator) < self.grayscale_p:
             view = view.convert("L").convert("RGB")
         if _rand(generator) < blur_p:
-            view = view.filter(ImageFilter.GaussianBlur(radius=_uniform(0.1, 2.0, generator)))
+            view = view.filter(
+                ImageFilter.GaussianBlur(radius=_uniform(*self.blur_sigma, generator))
+            )
         if _rand(generator) < solarize_p:
             view = ImageOps.solarize(view, threshold=128)
         return to_normalized_tensor(view)
@@ -171,12 +193,13 @@ class MultiCropAugmentation:
         """Return `{"global_crops": 2 x [3, Sg, Sg], "local_crops": n_local x [3, Sl, Sl]}`."""
         image = image.convert("RGB")
         g, gs = self.global_size, self.global_scale
+        blur_1, blur_2, blur_local = self.blur_p
         global_crops = [
-            self._view(image, g, gs, blur_p=1.0, solarize_p=0.0, generator=generator),
-            self._view(image, g, gs, blur_p=0.1, solarize_p=0.2, generator=generator),
+            self._view(image, g, gs, blur_p=blur_1, solarize_p=0.0, generator=generator),
+            self._view(image, g, gs, blur_2, solarize_p=self.solarize_p, generator=generator),
         ]
         local_crops = [
-            self._view(image, self.local_size, self.local_scale, 0.5, 0.0, generator)
+            self._view(image, self.local_size, self.local_scale, blur_local, 0.0, generator)
             for _ in range(self.n_local)
         ]
         return {"global_crops": global_crops, "local_crops": local_crops}

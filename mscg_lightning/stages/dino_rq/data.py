@@ -105,6 +105,8 @@ class ImageDataModule(LightningDataModule):
         num_workers: DataLoader worker processes (augmentation runs there).
         global_size, local_size, n_local: crop sides in pixels and local crops per image.
         global_scale, local_scale: area fraction ranges of the random resized crops.
+        blur_p, solarize_p, blur_sigma, jitter_p, grayscale_p: photometric augmentation (see
+            ``MultiCropAugmentation``; the blur sigma scales with ``global_size / 224``).
         eval_size: side of the centre crop used to export codes (None: ``global_size``).
         eval_batch_size: images per export batch (None: ``batch_size``).
         drop_last: drop an incomplete last training batch (unless there is only one batch).
@@ -121,6 +123,11 @@ class ImageDataModule(LightningDataModule):
         n_local: int = 4,
         global_scale: tuple[float, float] = (0.32, 1.0),
         local_scale: tuple[float, float] = (0.05, 0.32),
+        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        solarize_p: float = 0.2,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
         eval_size: int | None = None,
         eval_batch_size: int | None = None,
         drop_last: bool = True,
@@ -134,7 +141,16 @@ class ImageDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.drop_last = drop_last
         self.augmentation = MultiCropAugmentation(
-            global_size, local_size, n_local, tuple(global_scale), tuple(local_scale)
+            global_size,
+            local_size,
+            n_local,
+            tuple(global_scale),
+            tuple(local_scale),
+            tuple(blur_p),
+            solarize_p,
+            tuple(blur_sigma),
+            jitter_p,
+            grayscale_p,
         )
         self.eval_transform = EvalTransform(eval_size or global_size)
         self.loader: Callable[[int], Image.Image] | None = None

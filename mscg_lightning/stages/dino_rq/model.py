@@ -88,6 +88,8 @@ class RQDinoConfig:
     # batch * 6 crops for 256 codes, so the quantizer's default of 1.0 would restart most codes.
     rq_dead_code_threshold: float = 0.1
     quantize_local_crops: bool = True  # Eq. 4 quantizes every student view
+    # Recent student CLS embeddings of global crops kept for `refit_codebooks` (k-means).
+    rq_refit_samples: int = 4096
     student_temp: float = 0.1
     center_momentum: float = 0.9
     centering: Centering = "centering"
@@ -146,6 +148,8 @@ class RQDino(nn.Module):
         self.dino_loss = DINOLoss(cfg.n_prototypes, cfg.student_temp, cfg.center_momentum)
         self.ibot_loss = IBOTPatchLoss(ibot_dim, cfg.student_temp, cfg.center_momentum)
         self._mask_samplers: dict[int, IBOTMaskSampler] = {}
+        # A plain attribute, not a buffer: never saved, never broadcast by DDP.
+        self._recent_cls: Tensor | None = None
 
     def train(self, mode: bool = True) -> RQDino:
         """Set train/eval mode; the teacher always stays in eval mode (no drop-path)."""
@@ -212,6 +216,8 @@ class RQDino(nn.Module):
         # Student: masked global crops and plain local crops.
         s_out = self.student["backbone"](pixel_values=images, bool_masked_pos=masks)
         s_cls = s_out.pooler_output  # [G*B, D], unquantized
+        if self.training:
+            self._remember(s_cls.detach())
         cls_views = [s_cls]
         if local_images is not None:
             cls_views.append(self.student["backbone"](pixel_values=local_images).pooler_output)
@@ -253,6 +259,35 @@ class RQDino(nn.Module):
             "commit_loss": q.commit_loss.detach(),
             "codes": q.codes[:n_g].detach(),
         }
+
+    @torch.no_grad()
+    def _remember(self, cls: Tensor) -> None:
+        """Keep the last `rq_refit_samples` global-crop CLS embeddings `[N, D]` (float32)."""
+        keep = self.config.rq_refit_samples
+        if keep <= 0:
+            return
+        recent = cls.float() if self._recent_cls is None else torch.cat([self._recent_cls, cls])
+        self._recent_cls = recent[-keep:]
+
+    @torch.no_grad()
+    def refit_codebooks(self) -> bool:
+        """Re-initialise the codebooks by residual k-means on the recent student embeddings.
+
+        The first k-means init sees one batch of a freshly initialised backbone, whose CLS
+        embeddings then move a long way; codes that lose their points keep a decaying EMA count
+        for hundreds of steps before a dead-code restart, so level-1 usage collapses onto a few
+        codes. A refit after the backbone has started to learn restores the usage; EMA updates
+        continue from the new codebooks. Under DDP the k-means statistics are summed over ranks
+        (`ResidualQuantizer.init_codebooks`), so every rank gets the same codebooks.
+
+        Returns:
+            True if the codebooks were refitted (enough samples were kept), else False.
+        """
+        recent = self._recent_cls
+        if recent is None or recent.shape[0] < self.quantizer.codebook_size:
+            return False
+        self.quantizer.init_codebooks(recent)
+        return True
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

@@ -41,6 +41,9 @@ class RQDinoModule(LightningModule):
     ``backbone_config`` (Dinov2Config overrides), prototypes and head sizes, the residual
     quantizer (``rq_levels`` x ``rq_codebook_size``, EMA decay, dead-code threshold), loss
     weights (iBOT 1, KoLeo 0.1, commitment 0.01), centering, iBOT mask ratios.
+    ``rq_refit_epochs``: epochs (fractional allowed) at which the codebooks are re-initialised
+    by residual k-means on the last ``rq_refit_samples`` student CLS embeddings of global crops
+    (``RQDino.refit_codebooks``); None keeps the single k-means init on the first batch.
 
     Optimisation args: ``base_lr`` (for a global batch of 1024, square-root scaled), ``min_lr``,
     ``warmup_epochs``, ``weight_decay`` -> ``weight_decay_end``, ``momentum_teacher``,
@@ -62,6 +65,8 @@ class RQDinoModule(LightningModule):
         rq_codebook_size: int = 256,
         rq_decay: float = 0.99,
         rq_dead_code_threshold: float = 0.1,
+        rq_refit_epochs: list[float] | None = None,
+        rq_refit_samples: int = 4096,
         quantize_local_crops: bool = True,
         centering: Centering = "centering",
         student_temp: float = 0.1,
@@ -98,6 +103,7 @@ class RQDinoModule(LightningModule):
             rq_codebook_size=rq_codebook_size,
             rq_decay=rq_decay,
             rq_dead_code_threshold=rq_dead_code_threshold,
+            rq_refit_samples=rq_refit_samples if rq_refit_epochs else 0,
             quantize_local_crops=quantize_local_crops,
             centering=centering,
             student_temp=student_temp,
@@ -116,6 +122,7 @@ class RQDinoModule(LightningModule):
         # buffer, since DDP would overwrite buffers with rank 0's at every forward.
         self.code_counts: Tensor | None = None
         self._step = 0
+        self._refitted_at: int | None = None
         self._peak_lr: float | None = None
 
     # -- schedules -------------------------------------------------------------------------
@@ -150,6 +157,11 @@ class RQDinoModule(LightningModule):
             ),
         }
 
+    def _refit_steps(self) -> set[int]:
+        """Optimiser steps at which the codebooks are refitted (``rq_refit_epochs``)."""
+        epochs = self.hparams.rq_refit_epochs or []
+        return {self._epochs_to_steps(e) for e in epochs if self._epochs_to_steps(e) > 0}
+
     def _set_peak_lr(self, batch_size: int) -> None:
         """DINOv2's square-root rule on the global batch (all devices, accumulation)."""
         size = getattr(self.trainer.datamodule, "batch_size", None) or batch_size
@@ -180,6 +192,10 @@ class RQDinoModule(LightningModule):
             if i == 0:  # the second group holds biases and norms: never decayed
                 group["weight_decay"] = sched["weight_decay"]
 
+        if self._step in self._refit_steps() and self._refitted_at != self._step:
+            # before this step's forward (once per step, also with gradient accumulation)
+            self.model.refit_codebooks()
+            self._refitted_at = self._step
         out = self.model.training_losses(batch, sched["teacher_temp"])
         for name in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "commit_loss"):
             self.log(

@@ -114,3 +114,60 @@ def test_non_rgb_images_are_converted(mode):
     image = _image(7).convert(mode)
     out = MultiCropAugmentation(32, 16, 1)(image, torch.Generator().manual_seed(0))
     assert out["global_crops"][0].shape == (3, 32, 32)
+
+
+def _unflipped(crop: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The crop or its mirror image, whichever is closer to ``reference`` (flip is random)."""
+    mirrored = crop.flip(-1)
+    return (
+        crop if (crop - reference).abs().sum() <= (mirrored - reference).abs().sum() else mirrored
+    )
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float((a @ b) / (a.norm() * b.norm()))
+
+
+def test_photometric_options_off_give_the_plain_resized_image():
+    image = _image(8, (32, 32))
+    aug = MultiCropAugmentation(
+        32,
+        16,
+        1,
+        global_scale=(1.0, 1.0),
+        blur_p=(0, 0, 0),
+        solarize_p=0.0,
+        jitter_p=0.0,
+        grayscale_p=0.0,
+    )
+    reference = to_normalized_tensor(image)
+    for seed in range(4):
+        out = aug(image, torch.Generator().manual_seed(seed))
+        for crop in out["global_crops"]:  # 32 px of a 32-px image at scale 1: unchanged pixels
+            assert torch.allclose(_unflipped(crop, reference), reference, atol=1e-6)
+
+
+def test_blur_sigma_scales_with_the_global_crop_size():
+    """DINOv2's sigma 0.1-2 px is meant for 224-px crops; at 32 px it must shrink by 32/224."""
+    assert MultiCropAugmentation(224).blur_sigma == (0.1, 2.0)
+    assert MultiCropAugmentation(32).blur_sigma == pytest.approx((0.1 / 7, 2.0 / 7))
+    image = _image(9, (32, 32))  # pixel noise: any blur lowers the correlation with the input
+    reference = to_normalized_tensor(image)
+
+    def first_crop_correlation(blur_sigma: tuple[float, float]) -> float:
+        aug = MultiCropAugmentation(
+            32,
+            16,
+            0,
+            global_scale=(1.0, 1.0),
+            blur_p=(1.0, 0, 0),
+            jitter_p=0.0,
+            grayscale_p=0.0,
+            blur_sigma=blur_sigma,
+        )
+        crop = aug(image, torch.Generator().manual_seed(0))["global_crops"][0]
+        return _correlation(_unflipped(crop, reference), reference)
+
+    assert first_crop_correlation((2.0, 2.0)) > 0.9  # 2 px at 224 = 0.29 px at 32: mild
+    assert first_crop_correlation((14.0, 14.0)) < 0.5  # 2 px on a 32-px image: a smudge

@@ -239,3 +239,40 @@ def test_default_backbone_is_vit_s14():
 
     assert (VITS14_CONFIG["hidden_size"], VITS14_CONFIG["patch_size"]) == (384, 14)
     assert (VITS14_CONFIG["num_hidden_layers"], VITS14_CONFIG["num_attention_heads"]) == (12, 6)
+
+
+def test_refit_runs_residual_kmeans_on_the_recent_global_crop_embeddings():
+    torch.manual_seed(4)
+    model = RQDino(_config(rq_refit_samples=6)).train()
+    assert not model.refit_codebooks()  # nothing remembered yet
+    outputs = []
+    model.student["backbone"].register_forward_hook(lambda m, i, o: outputs.append(o))
+    model.training_losses(_batch(seed=0))
+    model.training_losses(_batch(seed=1))
+    # the first student pass of a step is the (masked) global crops: 2 x B = 8 rows per step
+    global_cls = outputs[2].pooler_output.detach()  # the second step's global crops
+    assert torch.equal(model._recent_cls, global_cls[-6:])
+    assert int(model.quantizer.ema_steps) == 2
+
+    torch.manual_seed(5)
+    assert model.refit_codebooks()
+    reference = type(model.quantizer)(32, levels=3, codebook_size=4)
+    torch.manual_seed(5)
+    reference.init_codebooks(global_cls[-6:])
+    assert torch.allclose(model.quantizer.codebooks, reference.codebooks)
+    assert int(model.quantizer.ema_steps) == 0  # the EMA restarts from the refitted codebooks
+    # every level-1 code of the refit is used by the embeddings it was fitted on
+    codes = model.quantizer.encode(global_cls[-6:])
+    assert len(set(codes[:, 0].tolist())) == 4
+
+
+def test_nothing_is_remembered_outside_training_or_when_refits_are_off():
+    model = RQDino(_config(rq_refit_samples=0)).train()
+    model.training_losses(_batch())
+    assert model._recent_cls is None
+    model = RQDino(_config(rq_refit_samples=16)).train()
+    model.training_losses(_batch())
+    kept = model._recent_cls.clone()
+    model.eval()
+    model.training_losses(_batch(seed=3))  # an eval-mode call (e.g. validation) keeps nothing
+    assert torch.equal(model._recent_cls, kept)

@@ -244,6 +244,25 @@ def test_without_ibot_every_trainable_parameter_gets_a_gradient(tmp_path):
     assert unused == [[]]
 
 
+def test_codebooks_are_refitted_once_at_the_configured_steps(tmp_path, monkeypatch):
+    # 12 images / batch 4 = 3 steps per epoch: epochs 1.0 and 1.34 are steps 3 and 4
+    module = _tiny_module(rq_refit_epochs=[1.0, 1.34, 0.0], rq_refit_samples=32)
+    calls: list[tuple[int, int]] = []
+    refit = module.model.refit_codebooks
+
+    def counting_refit() -> bool:
+        calls.append((module.trainer.global_step, module.model._recent_cls.shape[0]))
+        return refit()
+
+    monkeypatch.setattr(module.model, "refit_codebooks", counting_refit)
+    _trainer(6).fit(module, datamodule=_data(_image_files(tmp_path / "img")))
+    # step 0 is left out (the first batch already initialises by k-means); before step 3 the
+    # model has kept 3 steps x 2 global crops x 4 images
+    assert calls == [(3, 24), (4, 32)]
+    assert module.model.config.rq_refit_samples == 32
+    assert _tiny_module().model.config.rq_refit_samples == 0  # no refits: nothing is kept
+
+
 def test_usage_and_perplexity():
     stats = usage_and_perplexity(torch.tensor([2.0, 2.0, 0.0, 0.0]))
     assert stats == {"usage": 50.0, "perplexity": pytest.approx(2.0)}
@@ -285,6 +304,21 @@ def test_nmi_and_purity_against_a_hand_example():
     codes = np.array([[1, 2], [1, 3], [1, 2], [0, 0]])
     assert bench.prefix_ids(codes, 1).tolist() == [1, 1, 1, 0]
     assert len(set(bench.prefix_ids(codes, 2).tolist())) == 3
+
+
+def test_bootstrap_interval_of_an_nmi_difference():
+    bench = _load_script("dino_rq_semantics")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    noise = rng.integers(0, 4, 400)
+    assert bench.bootstrap_nmi_difference(labels, noise, noise, n=20) == (0.0, 0.0)
+    # the labels themselves against random codes: NMI 1 vs about 0, on every resample
+    low, high = bench.bootstrap_nmi_difference(labels, labels, noise, n=50)
+    assert 0.9 < low <= high <= 1.0
+    # half the rows copy the label: the difference to noise is clearly positive but below 1
+    half = np.where(np.arange(400) % 2 == 0, labels, noise)
+    low, high = bench.bootstrap_nmi_difference(labels, half, noise, n=50)
+    assert 0.05 < low < high < 0.9
 
 
 def test_gpu_speed_script_runs_tiny_on_cpu(tmp_path):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from mscg_lightning.errors import MscgError
@@ -68,6 +69,9 @@ class GenRecConfig:
     code_max_distance: int = 8
     tie_output: bool = False
     layer_norm_eps: float = 1e-6
+    # Recompute each encoder layer in the backward pass instead of keeping its activations
+    # (B x S x d_ff per layer dominates memory with long multimodal histories); same results.
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         self.target_offsets = tuple(int(o) for o in self.target_offsets)
@@ -413,7 +417,11 @@ class GenRecT5(nn.Module):
             # one low-precision copy for all layers rather than one [B, H, S, S] copy per layer
             bias = bias.to(torch.get_autocast_dtype(x.device.type))
         for layer in self.encoder_layers:
-            x = layer(x, bias)
+            if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # the RNG state is replayed on recomputation, so dropout masks are the same
+                x = torch.utils.checkpoint.checkpoint(layer, x, bias, use_reentrant=False)
+            else:
+                x = layer(x, bias)
         return self.dropout(self.encoder_norm(x))
 
     # ----------------------------------------------------------------------------- decoder

@@ -40,6 +40,8 @@ class GenRecModule(L.LightningModule):
         position_bias: ``dual`` (item + within-item buckets, paper) or ``t5`` (ablation).
         item_buckets, code_buckets: buckets of the two relative biases (sum = T5's 32).
         tie_output: share the output table with the input embeddings.
+        activation_checkpointing: recompute encoder layers in the backward pass (less memory,
+            about a third more compute; same results).
         constrained_training: normalise each level's softmax over the permissible codes only
             (paper Eq. 6); False = full-vocabulary cross-entropy (ablation).
         mask_prob: probability of masking one random modality of each history item in training
@@ -68,6 +70,7 @@ class GenRecModule(L.LightningModule):
         item_buckets: int = 16,
         code_buckets: int = 16,
         tie_output: bool = False,
+        activation_checkpointing: bool = False,
         constrained_training: bool = True,
         mask_prob: float = 0.0,
         eval_masked_modalities: list[str] | None = None,
@@ -104,6 +107,7 @@ class GenRecModule(L.LightningModule):
                 item_buckets=item_buckets,
                 code_buckets=code_buckets,
                 tie_output=tie_output,
+                activation_checkpointing=activation_checkpointing,
             )
         )
         self.ks = tuple(ks)

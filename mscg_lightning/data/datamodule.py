@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import pyarrow as pa
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mscg_lightning.artifacts import read_manifest, read_table
@@ -44,6 +45,20 @@ def pad_left(rows: list[np.ndarray], length: int, pad: int = -1) -> torch.Tensor
         if len(row):
             out[i, length - len(row) :] = row
     return torch.from_numpy(out)
+
+
+def trim_left_padding(history: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
+    """Drop the leading columns that are padding in every row: [B, T] -> [B, T'].
+
+    For models whose positions do not depend on the left padding (SASRec counts from the first
+    real item, GenRec from the latest), this changes no output; length-grouped batches
+    (``group_by_length``) then skip most of the padding compute. At least one column is kept.
+    ``aligned`` tensors ([B, T], e.g. window targets) are cut the same way.
+    Returns ``(history, *aligned)``.
+    """
+    real = (history >= 0).any(dim=0)
+    first = int(real.float().argmax()) if bool(real.any()) else history.shape[1] - 1
+    return (history[:, first:], *(t[:, first:] for t in aligned))
 
 
 class NextItemDataset(Dataset):

@@ -266,7 +266,8 @@ class RQDino(nn.Module):
         keep = self.config.rq_refit_samples
         if keep <= 0:
             return
-        recent = cls.float() if self._recent_cls is None else torch.cat([self._recent_cls, cls])
+        cls = cls.float()
+        recent = cls if self._recent_cls is None else torch.cat([self._recent_cls, cls])
         self._recent_cls = recent[-keep:]
 
     @torch.no_grad()

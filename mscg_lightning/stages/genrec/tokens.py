@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mscg_lightning.data.datamodule import trim_left_padding
 from mscg_lightning.errors import MscgError
 
 PAD_ID = 0
@@ -255,12 +256,9 @@ class HistoryTokenizer(nn.Module):
         valid = history >= 0
         # Stable sort on the validity flag moves padding to the front, keeping item order.
         order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
-        history = history.gather(1, order)
-        valid = valid.gather(1, order)
-        # Columns that are padding in every row change nothing (positions count from the most
-        # recent item), so drop them: with length-grouped batches most of S is padding otherwise.
-        keep = max(int(valid.sum(1).max()), 1) if h else 0
-        history, valid, h = history[:, h - keep :], valid[:, h - keep :], keep
+        (history,) = trim_left_padding(history.gather(1, order))
+        valid = history >= 0
+        h = history.shape[1]
         tokens = self.item_tokens[history.clamp(min=0)]  # [B, H, T_item]
 
         m_count = self.layout.num_modalities

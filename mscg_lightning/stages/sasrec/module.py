@@ -9,21 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mscg_lightning.data.datamodule import trim_left_padding
 from mscg_lightning.errors import MscgError
 from mscg_lightning.metrics import RetrievalMetrics
 from mscg_lightning.stages.sasrec.model import SASRec
-
-
-def trim_left_padding(history: Tensor, *aligned: Tensor) -> tuple[Tensor, ...]:
-    """Drop the leading columns that are padding in every row: [B, T] -> [B, T'].
-
-    SASRec counts positions from the first real item, so this changes no output; batches of
-    similar lengths (``group_by_length``) then skip most of the padding compute. ``aligned``
-    tensors ([B, T], e.g. window targets) are cut the same way. Returns ``(history, *aligned)``.
-    """
-    real = (history >= 0).any(dim=0)
-    first = int(real.float().argmax()) if bool(real.any()) else history.shape[1] - 1
-    return (history[:, first:], *(t[:, first:] for t in aligned))
 
 
 def mask_items(scores: Tensor, history: Tensor) -> Tensor:

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mscg_lightning.data.datamodule import trim_left_padding
 from mscg_lightning.stages.sasrec.model import SASRec
-from mscg_lightning.stages.sasrec.module import mask_items, trim_left_padding
+from mscg_lightning.stages.sasrec.module import mask_items
 
 
 @pytest.fixture(autouse=True)

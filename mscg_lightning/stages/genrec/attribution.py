@@ -39,11 +39,13 @@ def shapley_values(
 def attribute(config, metric: str = "ndcg@10") -> dict:
     """``mscg attribute``: the metric of every modality subset and each modality's Shapley value."""
     from mscg_lightning.data.datamodule import SequenceDataModule
-    from mscg_lightning.stages.genrec.stage import load_trained
+    from mscg_lightning.stages.genrec.stage import history_length, load_trained
 
     run_dir = Path(config.run_dir)
     model, prepared = load_trained(run_dir, config)
-    data = SequenceDataModule(str(prepared), eval_batch_size=256, max_history=20)
+    data = SequenceDataModule(
+        str(prepared), eval_batch_size=256, max_history=history_length(config)
+    )
     data.setup("test")
     modalities = list(model.layout.modalities)
     cache: dict[frozenset[str], dict] = {}

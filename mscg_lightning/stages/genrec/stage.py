@@ -150,6 +150,13 @@ def _write_predictions(path: Path, predictions: list, prepared: Path) -> None:
     pq.write_table(table, path)
 
 
+def history_length(config) -> int:
+    """The history length genrec was configured with (``genrec.data.init_args.max_history``)."""
+    data = getattr(getattr(config, "genrec", None), "data", None)
+    init_args = getattr(data, "init_args", None) or {}
+    return int(init_args.get("max_history", 20))
+
+
 def load_trained(run_dir: Path, config) -> tuple[Any, Path]:
     """The trained GenRecModule of a finished run, with its catalogue attached."""
     from mscg_lightning.stages.genrec.module import GenRecModule
@@ -157,9 +164,17 @@ def load_trained(run_dir: Path, config) -> tuple[Any, Path]:
     art = artifact_dir(run_dir, "genrec")
     manifest = read_manifest(art, stage="genrec")
     prepared = artifact_dir(run_dir, "prepare")
-    sources = manifest.extra["modalities"]
-    layout, codes, present = build_catalogue(prepared, sources, manifest.extra["target"], run_dir)
     ckpt = torch.load(art / "model.ckpt", map_location="cpu", weights_only=False)
+    trained = ckpt["hyper_parameters"]["token_layout"]
+    # The manifest's JSON sorts the modalities by name; the model was trained with the codes of
+    # every history item stacked in the config's order, which its token layout keeps.
+    sources = {m: manifest.extra["modalities"][m] for m in trained["modalities"]}
+    layout, codes, present = build_catalogue(prepared, sources, manifest.extra["target"], run_dir)
+    if layout["vocab_sizes"] != trained["vocab_sizes"]:
+        raise MscgError(
+            f"the codes artifacts of {run_dir} changed after genrec was trained (vocabulary "
+            f"sizes {layout['vocab_sizes']} vs {trained['vocab_sizes']}): rerun `mscg fit`."
+        )
     model = GenRecModule(**{**ckpt["hyper_parameters"], "token_layout": layout})
     model.load_state_dict(ckpt["state_dict"])
     model.set_catalogue(codes, present)
@@ -194,13 +209,14 @@ def predict(config) -> Path:
         known = [to_idx[str(i)] for i in (row or []) if str(i) in to_idx]
         unknown += len(row or []) - len(known)
         histories.append(np.array(known, dtype=np.int64))
+    max_history = history_length(config)
     top_k = int(config.top_k)
     if top_k > model.hparams.num_beams:
         raise MscgError(f"--top_k {top_k} exceeds the model's {model.hparams.num_beams} beams.")
     model.hparams.top_k = top_k
     out_items, out_scores = [], []
     for start in range(0, len(histories), 256):
-        history = pad_left(histories[start : start + 256], 20)
+        history = pad_left(histories[start : start + 256], max_history)
         ranked, scores = model.rank(history)
         for r, s in zip(ranked.tolist(), scores.tolist()):
             out_items.append([raw_ids[i] for i in r if i >= 0])

@@ -113,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--jobs", type=int, default=1, help="variants trained at once (separate processes)"
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --jobs > 1: keep existing variant run dirs, so an interrupted variant resumes "
+        "from its last checkpoint instead of starting anew",
+    )
     p.add_argument("extra", nargs="*", help="more `mscg fit` overrides, after --")
     return p.parse_args(argv)
 
@@ -147,12 +153,18 @@ def variant_command(base: list[str], variant: str, dataset: str, run_dir: Path, 
 
 
 def run_parallel(
-    base: list[str], dataset: str, variants: list[str], run_dir: Path, jobs: int
+    base: list[str],
+    dataset: str,
+    variants: list[str],
+    run_dir: Path,
+    jobs: int,
+    resume: bool = False,
 ) -> dict[str, tuple[Path, float]]:
     """Upstream stages once in ``run_dir``, then each variant's genrec in its own copy of it.
 
     Up to ``jobs`` variants train at once as separate processes (a small T5 leaves most of a
-    large GPU idle); returns each variant's run directory and wall seconds.
+    large GPU idle); returns each variant's run directory and wall seconds. With ``resume`` an
+    existing copy is kept, so ``mscg fit`` continues its genrec from the last checkpoint.
     """
     upstream = sorted({s for v in variants for s in upstream_stages(VARIANTS[dataset][v][0])})
     first = variants[0]
@@ -164,9 +176,10 @@ def run_parallel(
         while pending and len(running) < jobs:
             variant = pending.pop(0)
             vdir = run_dir / "variants" / variant
-            if vdir.exists():
+            if vdir.exists() and not resume:
                 shutil.rmtree(vdir)
-            shutil.copytree(run_dir, vdir, ignore=skip)
+            if not vdir.exists():
+                shutil.copytree(run_dir, vdir, ignore=skip)
             cmd = variant_command(base, variant, dataset, vdir, [*upstream, "genrec"])
             log = (run_dir / "variants" / f"{variant}.log").open("w")
             proc = subprocess.Popen(
@@ -200,7 +213,7 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         base += ["--genrec.trainer.max_epochs", str(args.max_epochs)]
     start_all = time.perf_counter()
     if args.jobs > 1:
-        finished = run_parallel(base, args.dataset, variants, run_dir, args.jobs)
+        finished = run_parallel(base, args.dataset, variants, run_dir, args.jobs, args.resume)
     else:
         finished = {}
         for variant in variants:

@@ -180,7 +180,15 @@ def config_hash_of(config: Namespace, name: str) -> str:
         section["trainer"] = {
             k: v for k, v in section["trainer"].items() if k not in _COSMETIC_TRAINER_KEYS
         }
-    return stable_hash({"stage": name, "section": section, "seed": config.seed})
+    key = {"stage": name, "section": section, "seed": config.seed}
+    if name == "prepare" and isinstance(section, dict) and section.get("given_embeddings"):
+        # given embedding files replaced in place must rerun prepare (raw data is not hashed)
+        from mscg_lightning.data import given_embeddings
+        from mscg_lightning.data.prepare import PrepareConfig, resolve_folder
+
+        folder = resolve_folder(PrepareConfig(**section), Path(config.data_root))
+        key["given_files"] = given_embeddings.fingerprints(section["given_embeddings"], folder)
+    return stable_hash(key)
 
 
 def _runner(name: str) -> Callable[[StageContext], Manifest]:

@@ -21,7 +21,7 @@ Everything is vectorised numpy/pyarrow: no Python loop per interaction.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscg_lightning.artifacts import Manifest, write_json, write_shards
+from mscg_lightning.data import given_embeddings
 from mscg_lightning.data.adapters import ADAPTERS, RawData
 from mscg_lightning.errors import MscgError
 
@@ -68,8 +69,13 @@ class PrepareConfig:
             embedding or codes instead of failing.
         given_codes: {name: file} code files (JSON {item: ["<a_1>", ...]}) stored as
             codes_<name>; null: the layout's default (amazon2018: <dataset>.index_*.json).
-        given_embeddings: {name: file} float32 feature files stored as emb_<name>; null: the
-            layout's default (unisrec: text=<dataset>.feat1CLS, image=<dataset>.feat3CLS).
+        given_embeddings: {name: file} item embeddings stored as emb_<name> (pass them on with
+            text_embed.given / image_embed.given: <name>); files relative to the dataset folder.
+            Any layout: a .parquet (columns item_id, embedding: list of floats) or a .npy
+            matrix with <stem>.ids.txt (line i = raw item id of row i), joined by raw item id
+            (catalogue items the file lacks get none, extra ids are counted and ignored; see
+            given_embeddings.py). unisrec also reads raw float32 files (row i = index i). null:
+            the layout's default (unisrec: text=<dataset>.feat1CLS, image=<dataset>.feat3CLS).
         interactions_file: Override of the interactions file name (relative to path).
         items_file: Override of the item table file name (relative to path).
         image_dir: Override of the image folder (relative to path; amazon2023: images,
@@ -267,7 +273,14 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     folder = resolve_folder(cfg, Path(data_root))
     if cfg.adapter != "ml100k_wheel" and not folder.is_dir():
         raise MscgError(f"the dataset folder {folder} does not exist (prepare.path).")
-    raw: RawData = ADAPTERS[cfg.adapter](cfg, folder)
+    # --- given embedding files keyed by raw item id (given_embeddings.py) ---
+    adapter_files, id_files = given_embeddings.split_files(cfg.adapter, cfg.given_embeddings)
+    raw: RawData = ADAPTERS[cfg.adapter](replace(cfg, given_embeddings=adapter_files), folder)
+    raw.items, given_files = given_embeddings.add_given_embeddings(raw.items, id_files, folder)
+    raw.source_files += [
+        p for e in given_files.values() for p in given_embeddings.files_of(Path(e["path"]))
+    ]
+    # --- end given embedding files ---
     dropped = dict(raw.rows_dropped)
     n_raw_users = int(np.count_nonzero(np.bincount(raw.user))) if len(raw.user) else 0
     user, item, time = raw.user, raw.item, raw.time
@@ -314,6 +327,8 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     item = item_map[item]
     user = user_map[user]
     items = items.take(pa.array(kept_items))
+    for line in given_embeddings.count_missing(items, given_files):  # given_embeddings.py
+        print(line)
     _check_content(items, raw, cfg)
 
     order = chronological_order(user, time)
@@ -365,6 +380,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
         "k_core_passes": passes,
         "min_user_interactions": max(cfg.k_core, 3),
         "coverage": _coverage(items, raw.text_columns),
+        "given_embedding_files": given_files,
         "sequence_length": {
             "min": int(lengths.min()),
             "median": float(np.median(lengths)),
@@ -392,6 +408,8 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
             "target_mode": cfg.target_mode,
             "text_columns": list(raw.text_columns),
             "given_embeddings": given_emb,
+            # file hashes: a changed file changes this artifact's content hash (given_embeddings.py)
+            "given_embedding_files": given_embeddings.manifest_entries(given_files),
             "given_codes": given_codes,
             "image_column": "image_path" if has_images else None,
             "dataset": raw.dataset,

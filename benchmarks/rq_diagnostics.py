@@ -42,16 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--codebook_size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rqvae_epochs",
+        type=int,
+        default=100,
+        help="also quantize through an RQ-VAE (TIGER's MLP 512-256-128 to a 32-d latent) for "
+        "this many epochs; 0 = skip",
+    )
     return p.parse_args(argv)
 
 
-def quantize(embeddings, args) -> np.ndarray:
-    """Codes [N, L+1] (with collision level) of an embedding table, and the tokenizer's diagnostics."""
+#: TIGER's RQ-VAE: MLP encoder 512-256-128 to a 32-d latent, residual quantization there.
+RQVAE = {"kind": "rqvae", "latent_dim": 32, "hidden_dims": [512, 256, 128]}
+
+
+def quantize(embeddings, args, epochs: int | None = None, **kind) -> np.ndarray:
+    """Codes [N, L+1] (with collision level) of an embedding table; ``kind``: RQModule options."""
     L.seed_everything(args.seed)
-    model = RQModule(dim=embeddings.shape[1], levels=args.levels, codebook_size=args.codebook_size)
+    model = RQModule(
+        dim=embeddings.shape[1], levels=args.levels, codebook_size=args.codebook_size, **kind
+    )
     data = EmbeddingsDataModule(embeddings, batch_size=1024, seed=args.seed)
     trainer = L.Trainer(
-        max_epochs=args.epochs,
+        max_epochs=epochs or args.epochs,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -97,6 +110,10 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         table = read_embeddings(directory)
         codes = quantize(table.embeddings, args)
         rows[name] = summary(code_diagnostics(codes, args.codebook_size, levels=args.levels))
+        if args.rqvae_epochs:
+            codes = quantize(table.embeddings, args, epochs=args.rqvae_epochs, **RQVAE)
+            diag = code_diagnostics(codes, args.codebook_size, levels=args.levels)
+            rows[name.replace("rq 3x256", "rqvae 32-d latent, 3x256")] = summary(diag)
     items = read_table(run / "prepared" / "items", columns=["item_idx", "codes_letter"])
     letter = np.array(items.column("codes_letter").to_pylist(), dtype=np.int64)
     k = int(letter.max()) + 1

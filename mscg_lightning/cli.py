@@ -74,11 +74,14 @@ def main(args: Sequence[str] | None = None) -> int:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
     except SystemExit as exc:
         return int(exc.code or 0)
+    from mscg_lightning.artifacts import is_rank_zero
+
     try:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        # The resolved chain config of the latest command, next to the results.
-        parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
+        # The resolved chain config of the latest command, next to the results (rank 0 only).
+        if is_rank_zero():
+            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
         return _run(command, config)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
@@ -114,11 +117,12 @@ def _print_report(config, missing_ok: bool = True) -> None:
     from mscg_lightning.artifacts import is_rank_zero
     from mscg_lightning.report import metrics_report, write_tensorboard_text
 
+    if not is_rank_zero():
+        return
     text = metrics_report(Path(config.run_dir), missing_ok=missing_ok)
     if text:
         print(text)
-        if is_rank_zero():
-            write_tensorboard_text(Path(config.run_dir), text)
+        write_tensorboard_text(Path(config.run_dir), text)
 
 
 def _report(args: Sequence[str]) -> int:

@@ -245,6 +245,11 @@ def run_chain(
 ) -> dict[str, float]:
     """Run the enabled stages in chain order (only ``stages`` when given); returns wall seconds."""
     run_dir = Path(config.run_dir)
+    if not is_rank_zero():  # under DDP every rank runs the chain; one of them reports it
+
+        def echo(_: str) -> None:
+            pass
+
     wanted = list(stages) if stages else [s for s in CHAIN_ORDER if is_enabled(config, s)]
     for name in wanted:
         if name not in CHAIN_ORDER:

@@ -15,6 +15,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 from mscg_lightning.artifacts import is_rank_zero
 from mscg_lightning.config import stage_parser
@@ -40,31 +41,49 @@ class RngState(L.Callback):
     resumed run draws other shuffle orders, dropout and modality masks than an uninterrupted one
     and ends with other metrics. The states are restored while the checkpoint is loaded, before
     Lightning creates the first train iterator: the same point in the stream of random numbers
-    at which an uninterrupted run starts its next epoch. Under DDP every rank restores the state
-    of rank 0 (the only one a checkpoint holds).
+    at which an uninterrupted run starts its next epoch. Under DDP every rank draws dropout and
+    masks for its own batches, so the streams differ: the checkpoint keeps every rank's state
+    (gathered while saving, which Lightning does on all ranks) and each rank restores its own.
     """
 
     def state_dict(self) -> dict[str, Any]:
-        # Tensors and plain values only: Lightning loads checkpoints with weights_only=True.
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {
-            "torch": torch.get_rng_state(),
-            # the current device only: the one this rank trains on
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": random.getstate(),
-        }
+        own = _rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, own)
+            return {"ranks": states}
+        return {"ranks": [own]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        torch.set_rng_state(state_dict["torch"])
-        if state_dict["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state_dict["cuda"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        version, internal, gauss = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss))
+        states = state_dict.get("ranks", [state_dict])  # checkpoints from before per-rank states
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        # Another world size than at saving cannot replay exactly; rank 0's state is a start.
+        _set_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+def _rng_state() -> dict[str, Any]:
+    # Tensors and plain values only: Lightning loads checkpoints with weights_only=True.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        # the current device only: the one this rank trains on
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def build_stage(
@@ -110,6 +129,13 @@ def build_stage(
         logger = TensorBoardLogger(str(ctx.tensorboard_dir), name=ctx.name, version="")
     trainer_kwargs["default_root_dir"] = str(ckpt_dir)
     trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=logger)
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        # Stages read their results (test metrics, predictions) from the model after
+        # trainer.test; spawned ranks keep them to themselves. 'ddp' runs this command per rank.
+        raise MscgError(
+            f"stage '{ctx.name}': trainer.strategy '{trainer_kwargs.get('strategy')}' runs in "
+            "spawned processes whose results do not come back; use strategy 'ddp'."
+        )
     last = ckpt_dir / "last.ckpt"
     if last.is_file() and is_rank_zero():
         print(f"[mscg] {ctx.name}: resuming from {last}", flush=True)

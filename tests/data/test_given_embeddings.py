@@ -107,6 +107,7 @@ def test_file_rows_reach_text_embed_unchanged(tmp_path: Path, capsys) -> None:
 
     missing = pq.read_table(tmp_path / "run" / "text_embed" / "missing.parquet")
     assert sorted(missing.column("item_idx").to_pylist()) == expected_missing
+    assert set(missing.column("reason").to_pylist()) == {"not in given embeddings 'llama'"}
     assert read_manifest(tmp_path / "run" / "text_embed").extra["missing"] == len(expected_missing)
     extra = read_manifest(prepared, stage="prepare").extra
     assert extra["given_embeddings"] == {"llama": DIM}

@@ -92,7 +92,9 @@ def _given(ctx: StageContext, name: str, modality: str) -> Manifest:
     values = table.column(column).combine_chunks().filter(pa.array(present))
     dim = values.type.list_size
     emb = values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return _write(ctx, item_idx, emb, table.num_rows, modality, {"given": column}, None)
+    absent = table.column("item_idx").to_numpy()[~present]
+    missing = {int(i): f"not in given embeddings '{name}'" for i in absent}
+    return _write(ctx, item_idx, emb, table.num_rows, modality, {"given": column}, missing)
 
 
 def _write(

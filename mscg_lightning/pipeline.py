@@ -181,6 +181,10 @@ def config_hash_of(config: Namespace, name: str) -> str:
             k: v for k, v in section["trainer"].items() if k not in _COSMETIC_TRAINER_KEYS
         }
     key = {"stage": name, "section": section, "seed": config.seed}
+    if isinstance(section, dict) and isinstance(section.get("modalities"), dict):
+        # the hash sorts keys, but the order of genrec's modalities is the order of the codes
+        # inside every history item: another order is another model
+        key["modality_order"] = list(section["modalities"])
     if name == "prepare" and isinstance(section, dict) and section.get("given_embeddings"):
         # given embedding files replaced in place must rerun prepare (raw data is not hashed)
         from mscg_lightning.data import given_embeddings

@@ -125,3 +125,18 @@ def _predict_reproduces_the_test_predictions(tmp_path, run, capsys):
         expected = want[row["user_idx"]]
         assert row["items"] == [raw[i] for i in expected["items"] if i >= 0]
         assert row["scores"] == pytest.approx(expected["scores"][: len(row["items"])], abs=1e-4)
+
+
+def test_the_order_of_genrec_modalities_is_part_of_the_config_hash():
+    """Codes stack in the configured order inside every history item: reordering them is a new
+    model, although the hash sorts dictionary keys."""
+    from jsonargparse import Namespace
+
+    from mscg_lightning.pipeline import config_hash_of
+
+    def hash_of(modalities: dict) -> str:
+        return config_hash_of(Namespace(seed=0, genrec=Namespace(modalities=modalities)), "genrec")
+
+    text_first = hash_of({"text": "rq_text", "collab": "rq_collab"})
+    assert text_first == hash_of({"text": "rq_text", "collab": "rq_collab"})
+    assert text_first != hash_of({"collab": "rq_collab", "text": "rq_text"})

@@ -104,9 +104,14 @@ def read_manifest(directory: str | Path, stage: str | None = None) -> Manifest:
     return manifest
 
 
+def is_distributed() -> bool:
+    """True when a default process group is initialised (DDP), False in a single process."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def is_rank_zero() -> bool:
     """Global rank 0, also in a process that Lightning launched before the process group exists."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         return torch.distributed.get_rank() == 0
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -114,7 +119,7 @@ def is_rank_zero() -> bool:
 
 
 def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.barrier()
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
-from mscg_lightning.artifacts import is_rank_zero
+from mscg_lightning.artifacts import is_distributed, is_rank_zero
 from mscg_lightning.config import stage_parser
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
@@ -48,7 +48,7 @@ class RngState(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         own = _rng_state()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             states: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(states, own)
             return {"ranks": states}
@@ -58,8 +58,7 @@ class RngState(L.Callback):
         if not state_dict:
             return
         states = state_dict.get("ranks", [state_dict])  # checkpoints from before per-rank states
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank = torch.distributed.get_rank() if distributed else 0
+        rank = torch.distributed.get_rank() if is_distributed() else 0
         # Another world size than at saving cannot replay exactly; rank 0's state is a start.
         _set_rng_state(states[rank] if rank < len(states) else states[0])
 

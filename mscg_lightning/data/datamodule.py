@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from mscg_lightning.artifacts import read_manifest, read_table
+from mscg_lightning.artifacts import is_distributed, read_manifest, read_table
 from mscg_lightning.errors import MscgError
 
 
@@ -249,10 +249,6 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return self.stop - self.start
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 class SequenceDataModule(L.LightningDataModule):
     """Next-item batches from ``prepared/`` for SASRec and GenRec.
 
@@ -344,7 +340,7 @@ class SequenceDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]
-        sampler = None if shuffle or not _distributed() else UnpaddedDistributedSampler(dataset)
+        sampler = None if shuffle or not is_distributed() else UnpaddedDistributedSampler(dataset)
         if shuffle and self.group_by_length:
             # Under DDP Lightning wraps this sampler in a distributed one (order kept per rank).
             sampler = LengthGroupedSampler(

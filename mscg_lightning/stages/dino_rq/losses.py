@@ -13,12 +13,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mscg_lightning.artifacts import is_distributed
+
 Centering = Literal["centering", "sinkhorn_knopp"]
-
-
-def is_distributed() -> bool:
-    """True when a default process group is initialised (DDP), False in a single process."""
-    return dist.is_available() and dist.is_initialized()
 
 
 def all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> Tensor:

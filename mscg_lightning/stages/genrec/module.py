@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from mscg_lightning.artifacts import is_distributed
 from mscg_lightning.errors import MscgError
 from mscg_lightning.metrics import RetrievalMetrics
 from mscg_lightning.stages.genrec.beam_search import beam_search
@@ -223,7 +224,7 @@ class GenRecModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self.test_metrics.compute_with_ci()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             # Every rank ranked its own users: gather them so rank 0 exports all predictions.
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, self.predictions)

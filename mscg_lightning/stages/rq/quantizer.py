@@ -25,23 +25,20 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mscg_lightning.artifacts import is_distributed
 from mscg_lightning.errors import MscgError
 
 _META_KEY = "mscg_quantizer"
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def _all_reduce_sum(t: Tensor) -> Tensor:
-    if _distributed():
+    if is_distributed():
         torch.distributed.all_reduce(t)
     return t
 
 
 def _broadcast(t: Tensor) -> Tensor:
-    if _distributed():
+    if is_distributed():
         torch.distributed.broadcast(t, src=0)
     return t
 

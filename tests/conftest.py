@@ -1,4 +1,5 @@
-"""Shared test setup: offline hub, a single thread per test process, paths to shared data."""
+"""Shared test setup: offline hub, a single thread per test process, paths to shared data, and
+the tiny run directory that genrec tests start from."""
 
 import os
 from pathlib import Path
@@ -21,3 +22,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+#: Every stage genrec reads, on the tiny fixture.
+GENREC_UPSTREAM = "prepare,sasrec,text_embed,image_embed,rq_text,rq_image,rq_collab"
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory) -> Path:
+    """A run directory holding every artifact genrec reads (tiny fixture, one process).
+
+    Shared by the session: tests read it or copy it, never write into it.
+    """
+    from mscg_lightning.cli import main
+
+    run = tmp_path_factory.mktemp("genrec_upstream") / "run"
+    args = ["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--run_dir", str(run)]
+    args += ["--data_root", str(REPO / "tests" / "fixtures"), "--stages", GENREC_UPSTREAM]
+    assert main(args) == 0
+    return run

@@ -23,7 +23,6 @@ from mscg_lightning.stages.sasrec.module import SASRecModule
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 FIXTURES = str(REPO / "tests" / "fixtures")
-UPSTREAM = "prepare,sasrec,text_embed,image_embed,rq_text,rq_image,rq_collab"
 SOURCES = {"text": "rq_text", "image": "rq_image", "collab": "rq_collab"}
 
 
@@ -81,13 +80,6 @@ def test_bf16_mixed_cpu_smoke(prepared):
 
 
 # ------------------------------------------------------------------------------------ GenRec
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """A run directory holding every artifact genrec reads (tiny fixture, one process)."""
-    run = tmp_path_factory.mktemp("ddp_genrec") / "run"
-    args = ["fit", "--config", TINY, "--run_dir", str(run), "--data_root", FIXTURES]
-    assert main([*args, "--stages", UPSTREAM]) == 0
-    return run
 
 
 class SaveTestOutputs(L.Callback):

@@ -21,23 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mscg_lightning.cli import main
 from mscg_lightning.report import read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 FIXTURES = str(REPO / "tests" / "fixtures")
-UPSTREAM = "prepare,sasrec,text_embed,image_embed,rq_text,rq_image,rq_collab"
 EPOCHS = 4
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory) -> Path:
-    """A run directory holding every artifact genrec reads (tiny fixture, one process)."""
-    run = tmp_path_factory.mktemp("ddp_resume") / "run"
-    args = ["fit", "--config", TINY, "--run_dir", str(run), "--data_root", FIXTURES]
-    assert main([*args, "--stages", UPSTREAM]) == 0
-    return run
 
 
 def _env() -> dict[str, str]:

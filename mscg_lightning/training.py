@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,16 @@ from mscg_lightning.artifacts import is_distributed, is_rank_zero
 from mscg_lightning.config import stage_parser
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
+
+
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's advert for its hosted logger from every stage's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The `mscg` command: config errors, the chain on the tiny fixture, up-to-date skipping."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,17 @@ def test_tiny_chain_runs_then_is_up_to_date(tmp_path, capsys):
     assert main(["fit", *_tiny(tmp_path, "--rq_text.model.init_args.kmeans_iters", "3")]) == 0
     out = capsys.readouterr().out
     assert "[mscg] rq_text: running" in out and "[mscg] sasrec: up to date" in out
+
+
+def test_stage_output_has_no_lightning_advert_nor_no_optimizer_warning(tmp_path, capfd):
+    # kind 'rq' fits by k-means without an optimizer: Lightning's warning about it is noise
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["fit", *_tiny(tmp_path, "--stages", "prepare,text_embed,rq_text")]) == 0
+    out, err = capfd.readouterr()
+    assert "[mscg] rq_text: done" in out
+    assert "litlogger" not in out + err
+    assert not [w for w in caught if "configure_optimizers" in str(w.message)]
 
 
 def _predict_reproduces_the_test_predictions(tmp_path, run, capsys):

@@ -9,6 +9,7 @@ The section's ``data.init_args`` (batch size, shuffle) configure the in-memory
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,10 @@ def run(ctx: StageContext) -> Manifest | None:
     bare.section.data = None
     stage = build_stage(bare, inject={"model.init_args.dim": int(table.embeddings.shape[1])})
     model: RQModule = stage.model
-    stage.trainer.fit(model, datamodule=datamodule, ckpt_path=stage.resume_from)
+    with warnings.catch_warnings():
+        # kind 'rq' fits its codebooks by k-means inside the training steps: no optimizer by design
+        warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
+        stage.trainer.fit(model, datamodule=datamodule, ckpt_path=stage.resume_from)
     codes, diagnostics = model.export_codes(table.embeddings, table.item_idx)
     if ctx.out_dir is None:
         return None

@@ -69,7 +69,7 @@ def run(ctx: StageContext) -> Manifest | None:
     stage = build_stage(bare, inject={"model.init_args.dim": int(table.embeddings.shape[1])})
     model: RQModule = stage.model
     with warnings.catch_warnings():
-        # kind 'rq' fits its codebooks by k-means inside the training steps: no optimizer by design
+        # every kind but 'rqvae' fits its codebooks by k-means in the training steps: no optimizer
         warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.")
         stage.trainer.fit(model, datamodule=datamodule, ckpt_path=stage.resume_from)
     codes, diagnostics = model.export_codes(table.embeddings, table.item_idx)

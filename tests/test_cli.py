@@ -62,13 +62,20 @@ def test_bad_data_exits_2_and_leaves_no_artifact(tmp_path, capsys):
 
 def test_every_config_parses(capsys):
     for path in sorted((REPO / "configs").rglob("*.yaml")):
-        if path.parent.name == "trainer":
+        if path.parent.name in ("trainer", "model"):
             continue  # overlays: checked with a dataset config below
         assert main(["fit", "--config", str(path), "--print_config"]) == 0, path
         capsys.readouterr()
     for overlay in sorted((REPO / "configs" / "trainer").glob("*.yaml")):
         assert main(["fit", "--config", TINY, "--config", str(overlay), "--print_config"]) == 0
         assert "precision" in capsys.readouterr().out
+    # a model overlay changes the sizes it names and keeps the dataset config's other settings
+    small = str(REPO / "configs" / "model" / "genrec-small.yaml")
+    beauty = str(REPO / "configs" / "beauty.yaml")
+    assert main(["fit", "--config", beauty, "--config", small, "--print_config"]) == 0
+    genrec = capsys.readouterr().out.split("\ngenrec:")[1]
+    assert "d_model: 64" in genrec and "encoder_layers: 2" in genrec and "batch_size: 64" in genrec
+    assert "GenRecModule" in genrec and "num_beams: 20" in genrec and "max_epochs: 30" in genrec
 
 
 def test_tiny_chain_runs_then_is_up_to_date(tmp_path, capsys):

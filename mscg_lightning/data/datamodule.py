@@ -268,7 +268,9 @@ class SequenceDataModule(L.LightningDataModule):
             columns computes little padding (SASRec does; per-user metrics do not change).
             Window batches carry ``loss_norm`` so that a model can keep every target's weight
             equal (a per-batch mean would favour the targets of short windows).
-        seed: seed of the length-grouped train order.
+        seed: seed of the length-grouped train order; ``None`` (default) takes torch's seed when
+            the train loader is built, which is the run's ``--seed`` (the stage seeds every RNG
+            before it builds the data), so that another ``--seed`` also gives another order.
     """
 
     def __init__(
@@ -281,7 +283,7 @@ class SequenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         train_mode: Literal["samples", "windows"] = "samples",
         group_by_length: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.prepared_dir = prepared_dir
@@ -343,9 +345,8 @@ class SequenceDataModule(L.LightningDataModule):
         sampler = None if shuffle or not is_distributed() else UnpaddedDistributedSampler(dataset)
         if shuffle and self.group_by_length:
             # Under DDP Lightning wraps this sampler in a distributed one (order kept per rank).
-            sampler = LengthGroupedSampler(
-                dataset.sample_lengths(), self.batch_size, seed=self.seed
-            )
+            seed = torch.initial_seed() if self.seed is None else self.seed
+            sampler = LengthGroupedSampler(dataset.sample_lengths(), self.batch_size, seed=seed)
         collate = functools.partial(collate_next_item, max_history=self.max_history)
         if isinstance(dataset, WindowDataset):
             collate = functools.partial(

@@ -193,3 +193,19 @@ def test_group_by_length_sorts_eval_rows_and_keeps_their_content(tmp_path):
     targets = sorted(t for b in loader for t in b["target"].tolist())
     ds = grouped.datasets["train"]
     assert targets == sorted(ds[i]["target"] for i in range(len(ds)))
+
+
+def test_length_grouped_order_follows_the_run_seed_unless_set(tmp_path):
+    write_prepared(tmp_path, num_users=40)
+
+    def order(run_seed: int, data_seed: int | None = None) -> list[int]:
+        torch.manual_seed(run_seed)  # what the stage's seed_everything(--seed) does
+        dm = SequenceDataModule(
+            str(tmp_path), batch_size=2, max_history=4, group_by_length=True, seed=data_seed
+        )
+        dm.setup("fit")
+        return list(dm.train_dataloader().sampler)
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)  # another --seed, another batch order
+    assert order(0, data_seed=5) == order(1, data_seed=5)  # an explicit seed wins

@@ -166,3 +166,18 @@ def test_attribution_refuses_a_model_trained_without_masking() -> None:
     with pytest.raises(MscgError, match="mask_prob 0"):
         require_masked_training(dict(make_module().hparams), "runs/x")
     require_masked_training(dict(make_module(mask_prob=0.75).hparams), "runs/x")
+
+
+def test_tiger_overlay_sets_the_three_switches_over_a_dataset_config(capsys) -> None:
+    from pathlib import Path
+
+    from mscg_lightning.cli import main
+
+    repo = Path(__file__).resolve().parents[3]
+    configs = [repo / "configs" / "instruments.yaml", repo / "configs" / "model" / "tiger.yaml"]
+    args = [a for c in configs for a in ("--config", str(c))]
+    assert main(["fit", *args, "--print_config"]) == 0
+    genrec = capsys.readouterr().out.split("\ngenrec:")[1]
+    for line in ("position_bias: t5", "constrained_training: full_vocab", "beam_scoring: masked"):
+        assert line in genrec
+    assert "num_beams: 20" in genrec  # the dataset config's other settings stay

@@ -36,7 +36,7 @@ from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
 
 
 class GenRecModule(L.LightningModule):
-    """MSCGRec's sequence model (TIGER when one modality is both input and target).
+    """MSCGRec's sequence model; TIGER with one modality in and out and configs/model/tiger.yaml.
 
     Args:
         token_layout: ``{"modalities": [...], "vocab_sizes": [[...], ...], "target": "collab"}``

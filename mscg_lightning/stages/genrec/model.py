@@ -100,6 +100,13 @@ class GenRecConfig:
             self.code_buckets = 2 * self.code_max_distance + 1
         if self.item_buckets is None:
             self.item_buckets = self.num_buckets - self.code_buckets
+            if self.position_bias == "dual" and self.item_buckets < 4:
+                raise MscgError(
+                    f"genrec's {self.code_buckets} within-item buckets leave "
+                    f"{self.item_buckets} of num_buckets={self.num_buckets} to the item bias "
+                    "(needs >= 4): set fewer code_buckets (log-spaced), or item_buckets with "
+                    "check_bucket_sum false."
+                )
         total = self.item_buckets + self.code_buckets
         if self.position_bias == "dual" and self.check_bucket_sum and total != self.num_buckets:
             raise MscgError(

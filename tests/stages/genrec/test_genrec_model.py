@@ -126,7 +126,7 @@ def test_bucket_counts_must_sum_to_32_unless_the_switch_allows_it() -> None:
     assert (cfg.item_buckets, cfg.code_buckets) == (16, 11)
     GenRecConfig.from_layout(LAYOUT, item_buckets=16, position_bias="t5", **TINY)  # unused
     wide = TokenLayout(["a", "b", "c", "d"], [[4, 4, 4, 2]] * 4, target="a")  # 31 code buckets
-    with pytest.raises(MscgError, match="item_buckets=1"):
+    with pytest.raises(MscgError, match="leave 1 of num_buckets=32"):
         GenRecConfig.from_layout(wide, **TINY)
 
 

@@ -31,6 +31,13 @@ from mscg_lightning.cli import main  # noqa: E402
 #: Scientific's three modalities: the given text and image features quantized by rq, and SASRec.
 _SCI = {"text": "rq_text", "image": "rq_image", "collab": "rq_collab"}
 
+#: The TIGER preset (T5 bias, full-vocabulary loss, masked-softmax decoding). ``tiger_text`` is
+#: MSCGRec's model on the text codes alone (dual bias, constrained training), not TIGER.
+_TIGER = ["--config", str(REPO / "configs" / "model" / "tiger.yaml")]
+#: "w/o Const. Train." is the paper's unconstrained model: one softmax over the whole output
+#: vocabulary (decoded with beam_scoring auto = masked_softmax).
+_NO_CONST = ["--genrec.model.init_args.constrained_training", "full_vocab"]
+
 #: Codes sources of each variant's modalities (-> target), and extra model overrides.
 VARIANTS = {
     "instruments": {
@@ -47,6 +54,7 @@ VARIANTS = {
             [],
         ),
         "tiger_text": ({"text": "prepare:codes_lemb"}, "text", []),
+        "tiger": ({"text": "prepare:codes_lemb"}, "text", _TIGER),
         "no_pos_emb": (
             {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
             "collab",
@@ -55,7 +63,7 @@ VARIANTS = {
         "no_const_train": (
             {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
             "collab",
-            ["--genrec.model.init_args.constrained_training", "false"],
+            _NO_CONST,
         ),
         "masking": (
             {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb", "collab": "rq_collab"},
@@ -67,17 +75,15 @@ VARIANTS = {
     "scientific": {
         "mscgrec": (_SCI, "collab", []),
         "tiger_text": ({"text": "rq_text"}, "text", []),
+        "tiger": ({"text": "rq_text"}, "text", _TIGER),
         "no_pos_emb": (_SCI, "collab", ["--genrec.model.init_args.position_bias", "t5"]),
-        "no_const_train": (
-            _SCI,
-            "collab",
-            ["--genrec.model.init_args.constrained_training", "false"],
-        ),
+        "no_const_train": (_SCI, "collab", _NO_CONST),
         "masking": (_SCI, "collab", ["--genrec.model.init_args.mask_prob", "0.75"]),
     },
     "beauty": {
         "mscgrec": ({"text": "rq_text", "collab": "rq_collab"}, "collab", []),
         "tiger_text": ({"text": "rq_text"}, "text", []),
+        "tiger": ({"text": "rq_text"}, "text", _TIGER),
     },
 }
 PUBLISHED = {

@@ -2,7 +2,10 @@
 
 The value of a coalition S of modalities is the test metric when every other modality is
 replaced by its mask tokens in every history item. With M modalities that is 2^M evaluations
-(8 for text, image and collab). Meaningful for a model trained with modality masking.
+(8 for text, image and collab). The paper computes them on the model trained with modality
+masking (``mask_prob`` > 0); a model trained without it has never learned what its mask tokens
+mean, so :func:`attribute` refuses it rather than print numbers that measure untrained
+embeddings. It runs on a GPU when one is available.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from mscg_lightning.errors import MscgError
 from mscg_lightning.metrics import RetrievalMetrics
 
 
@@ -36,6 +40,15 @@ def shapley_values(
     return phi
 
 
+def require_masked_training(hparams: dict, run_dir: Path | str) -> None:
+    """Refuse a genrec model trained without modality masking (``mask_prob`` 0)."""
+    if float(hparams.get("mask_prob", 0.0)) <= 0.0:
+        raise MscgError(
+            f"mscg attribute needs a genrec model trained with modality masking, but {run_dir} "
+            "was trained with genrec.model.init_args.mask_prob 0 (the paper uses 0.75)."
+        )
+
+
 def attribute(config, metric: str = "ndcg@10") -> dict:
     """``mscg attribute``: the metric of every modality subset and each modality's Shapley value."""
     from mscg_lightning.data.datamodule import SequenceDataModule
@@ -43,6 +56,8 @@ def attribute(config, metric: str = "ndcg@10") -> dict:
 
     run_dir = Path(config.run_dir)
     model, prepared = load_trained(run_dir, config)
+    require_masked_training(dict(model.hparams), run_dir)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     data = SequenceDataModule(
         str(prepared), eval_batch_size=256, max_history=history_length(config)
     )
@@ -56,8 +71,9 @@ def attribute(config, metric: str = "ndcg@10") -> dict:
             masked = [m for m in modalities if m not in kept]
             with torch.no_grad():
                 for batch in data.test_dataloader():
-                    items, _ = model.rank(batch["history"], masked_modalities=masked)
-                    metrics.update(items, batch["target"], batch["user_idx"])
+                    history = batch["history"].to(model.device)
+                    items, _ = model.rank(history, masked_modalities=masked)
+                    metrics.update(items.cpu(), batch["target"], batch["user_idx"])
             cache[kept] = {k: v.item() for k, v in metrics.compute().items()}
         return cache[kept][metric]
 

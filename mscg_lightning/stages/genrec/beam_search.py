@@ -1,10 +1,16 @@
 """Constrained beam search over the target modality's code tuples (batch x beams vectorised).
 
-Per level l, every beam's next-code log-probabilities are normalised over the codes the prefix
-index allows after the beam's prefix (the same Eq. 6 scores as in training), added to the beam's
-score, and the best ``num_beams`` (beam, code) pairs of each user survive. The decoder computes the
-cross-attention keys/values once per user; beams only add query rows. At the end complete tuples
-map to item ids; every returned item is in the catalogue.
+Per level l, every beam's next-code log-probabilities are scored, added to the beam's score, and
+the best ``num_beams`` (beam, code) pairs of each user survive. Two scorings (``scoring``):
+
+* ``renormalized`` (paper): the log-softmax over the codes the prefix index allows after the
+  beam's prefix, the same Eq. 6 scores as in constrained training;
+* ``masked_softmax`` (HF ``prefix_allowed_tokens_fn``, as TIGER, LETTER, MQL4GRec decode): the
+  model's own log-softmax (over the level's codes, or the whole output vocabulary for a
+  ``full_vocab`` model) with impermissible codes set to -inf, not renormalised.
+
+The decoder computes the cross-attention keys/values once per user; beams only add query rows.
+At the end complete tuples map to item ids; every returned item is in the catalogue.
 """
 
 from __future__ import annotations
@@ -12,12 +18,40 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.genrec.losses import masked_log_softmax
 from mscg_lightning.stages.genrec.model import GenRecT5
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
+
+SCORINGS = ("renormalized", "masked_softmax")
+
+
+def next_code_log_probs(
+    model: GenRecT5,
+    hidden: Tensor,
+    level: int,
+    allowed: Tensor | None,
+    scoring: str = "renormalized",
+    full_vocab: bool = False,
+) -> Tensor:
+    """Scores of level ``level``'s codes after each beam: hidden [..., d] -> [..., V_l] (float32).
+
+    ``allowed`` [..., V_l] (None = unconstrained: the model's own log-softmax); ``full_vocab``
+    normalises the model's softmax over every level's output rows (a ``full_vocab`` model).
+    """
+    if allowed is not None and scoring == "renormalized":
+        # shift-invariant: the level's logits give the same renormalised scores as the full rows
+        return masked_log_softmax(model.level_logits(hidden, level).float(), allowed)
+    if full_vocab:
+        start, size = model.head_offsets[level], model.cfg.target_sizes[level]
+        logp = torch.log_softmax(F.linear(hidden, model.output_weight()).float(), dim=-1)
+        logp = logp[..., start : start + size]
+    else:
+        logp = torch.log_softmax(model.level_logits(hidden, level).float(), dim=-1)
+    return logp if allowed is None else logp.masked_fill(~allowed, float("-inf"))
 
 
 class BeamSearchResult(NamedTuple):
@@ -43,6 +77,8 @@ def beam_search(
     num_beams: int = 20,
     top_k: int = 10,
     constrained: bool = True,
+    scoring: str = "renormalized",
+    full_vocab: bool = False,
 ) -> BeamSearchResult:
     """Generate the top-K catalogue items for each history.
 
@@ -54,12 +90,18 @@ def beam_search(
         num_beams: beams kept per user at every level (paper: 20).
         top_k: items returned per user (<= num_beams).
         constrained: mask impermissible codes and normalise over the permissible ones (Eq. 6).
-            False scores with the full-vocabulary softmax; generated tuples that are not in the
-            catalogue are then dropped (returned as -1 / -inf at the end of the list).
+            False scores with the model's own softmax, unmasked; generated tuples that are not
+            in the catalogue are then dropped (returned as -1 / -inf at the end of the list).
+        scoring: ``renormalized`` (paper, Eq. 6) or ``masked_softmax`` (the model's softmax with
+            impermissible codes at -inf, not renormalised); see the module docstring.
+        full_vocab: the model's softmax spans every level's output rows (``full_vocab``
+            training); matters for ``masked_softmax`` and unconstrained decoding only.
 
     Returns:
         :class:`BeamSearchResult` with K = top_k; items are unique within a row.
     """
+    if scoring not in SCORINGS:
+        raise MscgError(f"beam search scoring must be one of {SCORINGS}, got '{scoring}'.")
     if top_k > num_beams:
         raise MscgError(f"beam search top_k={top_k} must not exceed num_beams={num_beams}.")
     if tuple(index.level_sizes) != tuple(model.cfg.target_sizes):
@@ -77,11 +119,11 @@ def beam_search(
     for level, size in enumerate(model.cfg.target_sizes):
         w = tokens.shape[1]
         hidden = model.decode_step(state, tokens)
-        logits = model.level_logits(hidden, level).float()  # [B, W, V_l]
         allowed = None
         if constrained:
             allowed = index.allowed(codes.reshape(b * w, level)).view(b, w, size)
-        cand = scores[:, :, None] + masked_log_softmax(logits, allowed)  # [B, W, V_l]
+        logp = next_code_log_probs(model, hidden, level, allowed, scoring, full_vocab)
+        cand = scores[:, :, None] + logp  # [B, W, V_l]
         scores, flat = cand.view(b, w * size).topk(min(num_beams, w * size), dim=1)
         parent = torch.div(flat, size, rounding_mode="floor")
         code = flat - parent * size

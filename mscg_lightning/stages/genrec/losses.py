@@ -1,14 +1,59 @@
-"""Constrained generative loss (paper Eq. 6) and the matching per-level log-probabilities.
+"""Generative losses (constrained: paper Eq. 6) and the matching per-level log-probabilities.
 
-At level l the log-softmax is normalised only over the permissible children of the target's
-prefix; every other code gets -inf. The same function scores beams in constrained beam search,
-so the training objective and the decoding score are the same quantity.
+Three normalisations of the next-code softmax (``constrained_training``):
+
+* ``constrained`` (paper, Eq. 6): over the permissible children of the target's prefix only;
+* ``per_level``: over every code of the level (GRID-style; this project's former "off");
+* ``full_vocab``: over the whole output vocabulary of all levels (the paper's ablation "w/o
+  Const. Train." and TIGER's T5, whose single softmax spans every code token).
+
+The constrained log-softmax also scores beams in constrained beam search (``renormalized``), so
+the training objective and the decoding score are the same quantity; ``masked_softmax`` is the
+field's ``prefix_allowed_tokens_fn`` scoring (the model's own softmax, impermissible codes set to
+-inf, not renormalised).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from mscg_lightning.errors import MscgError
+
+TRAINING_MODES = ("constrained", "per_level", "full_vocab")
+BEAM_SCORINGS = ("renormalized", "masked_softmax", "auto")
+
+
+def training_mode(value: str | bool) -> str:
+    """Validated ``constrained_training``; the former booleans map True -> ``constrained``,
+    False -> ``per_level`` (what they meant), so old configs and checkpoints load unchanged."""
+    if isinstance(value, bool):
+        return "constrained" if value else "per_level"
+    if value not in TRAINING_MODES:
+        raise MscgError(
+            f"genrec constrained_training must be one of {', '.join(TRAINING_MODES)}, "
+            f"got '{value}'."
+        )
+    return value
+
+
+def beam_scoring_for(scoring: str, mode: str) -> str:
+    """Resolve ``beam_scoring``: ``auto`` is ``renormalized`` for constrained models (paper)
+    and ``masked_softmax`` for the others (their training never renormalised)."""
+    if scoring not in BEAM_SCORINGS:
+        raise MscgError(
+            f"genrec beam_scoring must be one of {', '.join(BEAM_SCORINGS)}, got '{scoring}'."
+        )
+    if scoring == "auto":
+        return "renormalized" if mode == "constrained" else "masked_softmax"
+    return scoring
+
+
+def full_vocab_targets(targets: Tensor, level_sizes: tuple[int, ...]) -> Tensor:
+    """Row of each target code in the concatenated output vocabulary: [B, D] -> [B, D]
+    (level l's codes start at ``sum(level_sizes[:l])``, as ``GenRecT5.head_offsets``)."""
+    starts = [sum(level_sizes[:level]) for level in range(len(level_sizes))]
+    return targets + torch.tensor(starts, dtype=targets.dtype, device=targets.device)
 
 
 def masked_log_softmax(logits: Tensor, allowed: Tensor | None) -> Tensor:
@@ -37,7 +82,7 @@ def target_log_probs(logits: Tensor, targets: Tensor, allowed: Tensor | None = N
     Args:
         logits: FloatTensor[B, D, V] (entries beyond a level's vocabulary should be -inf).
         targets: LongTensor[B, D] target codes.
-        allowed: BoolTensor[B, D, V] permissible codes (constrained, Eq. 6) or None (full CE).
+        allowed: BoolTensor[B, D, V] permissible codes (constrained, Eq. 6) or None (plain CE).
 
     Returns:
         FloatTensor[B, D]; the sum over D is the item's sequence log-probability.
@@ -54,8 +99,8 @@ def generative_loss(
     Args:
         logits: FloatTensor[B, D, V].
         targets: LongTensor[B, D].
-        allowed: BoolTensor[B, D, V] or None for the full-vocabulary cross-entropy (ablation
-            "w/o Const. Train.").
+        allowed: BoolTensor[B, D, V] or None for the plain cross-entropy over ``logits``' last
+            dimension (``per_level`` or, with ``full_vocab_targets``, ``full_vocab``).
         reduction: "mean" (over all B*D target codes, as T5's cross-entropy), "sum" or "none"
             (FloatTensor[B, D]).
 

@@ -61,12 +61,16 @@ class GenRecConfig:
     position_bias: str = "dual"  # "dual" (paper) or "t5" (ablation "w/o Pos. Emb.")
     num_buckets: int = 32  # T5 bias: encoder in "t5" mode, decoder always
     max_distance: int = 128
-    item_buckets: int = 16  # dual bias across items; item + code buckets = T5's 32
+    # Dual bias (paper): item + code buckets = T5's 32. None = derived from the layout: one code
+    # bucket per signed within-item offset (2T-1 for T tokens per item, exact), the rest of the
+    # 32 to the item bias (T5's bidirectional log buckets up to item_max_distance items).
+    item_buckets: int | None = None
     item_max_distance: int = 20
-    code_buckets: int = 16  # dual bias within items
-    # 16 bidirectional buckets up to distance 8 give distances 0..7 a bucket each: two
-    # modalities of 3+1 codes are resolved exactly (T5's scheme merges 4/5 at max_distance 16)
-    code_max_distance: int = 8
+    code_buckets: int | None = None
+    # None = T-1 (the largest within-item offset) when code_buckets can hold every signed offset,
+    # else 8: fewer code buckets fall back to T5's log-spaced buckets (the former fixed scheme).
+    code_max_distance: int | None = None
+    check_bucket_sum: bool = True  # False: item + code buckets may differ from num_buckets
     tie_output: bool = False
     layer_norm_eps: float = 1e-6
     # Recompute each encoder layer in the backward pass instead of keeping its activations
@@ -84,17 +88,51 @@ class GenRecConfig:
             raise MscgError(
                 f"genrec position_bias must be 'dual' or 't5', got '{self.position_bias}'."
             )
-        for name, buckets, dist in (
-            ("", self.num_buckets, self.max_distance),
-            ("item_", self.item_buckets, self.item_max_distance),
-            ("code_", self.code_buckets, self.code_max_distance),
-        ):
+        self._resolve_buckets()
+
+    def _resolve_buckets(self) -> None:
+        """Fill in the derived dual-bias bucket counts and check them (see the fields)."""
+        widest = self.tokens_per_item - 1  # largest |within-item offset|
+        if self.code_max_distance is None:
+            fits = self.code_buckets is None or self.code_buckets >= 2 * widest + 1
+            self.code_max_distance = widest if fits else 8
+        if self.code_buckets is None:
+            self.code_buckets = 2 * self.code_max_distance + 1
+        if self.item_buckets is None:
+            self.item_buckets = self.num_buckets - self.code_buckets
+            if self.position_bias == "dual" and self.item_buckets < 4:
+                raise MscgError(
+                    f"genrec's {self.code_buckets} within-item buckets leave "
+                    f"{self.item_buckets} of num_buckets={self.num_buckets} to the item bias "
+                    "(needs >= 4): set fewer code_buckets (log-spaced), or item_buckets with "
+                    "check_bucket_sum false."
+                )
+        total = self.item_buckets + self.code_buckets
+        if self.position_bias == "dual" and self.check_bucket_sum and total != self.num_buckets:
+            raise MscgError(
+                f"genrec item_buckets={self.item_buckets} + code_buckets={self.code_buckets} "
+                f"must sum to num_buckets={self.num_buckets} (paper), or set "
+                "check_bucket_sum false."
+            )
+        checks = [("", self.num_buckets, self.max_distance)]
+        if self.position_bias == "dual":
+            checks.append(("item_", self.item_buckets, self.item_max_distance))
+            if not self.code_buckets_exact:
+                checks.append(("code_", self.code_buckets, self.code_max_distance))
+            elif self.code_max_distance < 1:
+                raise MscgError(f"genrec code_max_distance={self.code_max_distance} must be >= 1.")
+        for name, buckets, dist in checks:
             # bidirectional T5 bucketing: buckets/4 exact distances, the rest log-spaced up to dist
             if buckets < 4 or dist <= buckets // 4:
                 raise MscgError(
                     f"genrec {name}buckets={buckets} needs >= 4 and {name}max_distance={dist} "
                     f"> {buckets // 4}."
                 )
+
+    @property
+    def code_buckets_exact(self) -> bool:
+        """True when every signed within-item offset up to code_max_distance has its own bucket."""
+        return self.code_buckets >= 2 * self.code_max_distance + 1
 
     @classmethod
     def from_layout(cls, layout: TokenLayout, **kwargs: object) -> GenRecConfig:
@@ -130,6 +168,17 @@ def relative_bucket(
     )
     large = large.clamp(max=num_buckets - 1)
     return bucket + torch.where(n < max_exact, n, large)
+
+
+def exact_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """One bucket per signed relative position in ``[-max_distance, max_distance]`` (clamped).
+
+    T5's bidirectional index convention without its log-spaced part: ``key - query <= 0`` ->
+    ``|rel|``, ``> 0`` -> ``num_buckets // 2 + rel``; needs ``num_buckets >= 2 * max_distance + 1``.
+    Where T5's bucketing is exact (small distances) the two agree. rel: LongTensor[...].
+    """
+    n = rel.abs().clamp(max=max_distance)
+    return torch.where(rel > 0, num_buckets // 2 + n, n)
 
 
 class RMSNorm(nn.Module):
@@ -390,11 +439,15 @@ class GenRecT5(nn.Module):
                 relative_bucket(rel, cfg.num_buckets, cfg.max_distance, True)
             )
         else:
+            if cfg.code_buckets_exact:
+                code_bucket = exact_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance)
+            else:
+                code_bucket = relative_bucket(
+                    rel_code, cfg.code_buckets, cfg.code_max_distance, True
+                )
             values = self.item_bias(
                 relative_bucket(rel_item, cfg.item_buckets, cfg.item_max_distance, True)
-            ) + self.code_bias(
-                relative_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance, True)
-            )
+            ) + self.code_bias(code_bucket)
         return values.permute(0, 3, 1, 2)
 
     def encode(
@@ -452,19 +505,29 @@ class GenRecT5(nn.Module):
         start = self.head_offsets[level]
         return self.head.weight[start : start + size]
 
+    def output_weight(self) -> Tensor:
+        """Every level's output rows, ``[sum_l V_l, d]`` with level l at ``head_offsets[l]``."""
+        if self.head is None:
+            return torch.cat([self.head_weight(level) for level in range(self.num_levels)])
+        return self.head.weight
+
     def level_logits(self, hidden: Tensor, level: int) -> Tensor:
         """Logits over level ``level``'s codes: [..., d] -> [..., V_l]."""
         return F.linear(hidden, self.head_weight(level))
 
-    def decode(self, enc: Tensor, attention_mask: Tensor, target_codes: Tensor) -> Tensor:
+    def decode(
+        self, enc: Tensor, attention_mask: Tensor, target_codes: Tensor, full_vocab: bool = False
+    ) -> Tensor:
         """Teacher-forced decoder.
 
         Args:
             enc: [B, S, d] encoder output; attention_mask: BoolTensor[B, S];
             target_codes: LongTensor[B, D].
+            full_vocab: return every level's logits over the whole output vocabulary instead.
 
         Returns:
-            logits FloatTensor[B, D, V_max]; level l's columns beyond V_l are -inf.
+            logits FloatTensor[B, D, V_max]; level l's columns beyond V_l are -inf. With
+            ``full_vocab``: FloatTensor[B, D, sum_l V_l] (level l's codes at ``head_offsets[l]``).
         """
         x = self.dropout(self.embed(self.decoder_input_ids(target_codes)))
         depth = target_codes.shape[1]
@@ -473,6 +536,8 @@ class GenRecT5(nn.Module):
         for layer in self.decoder_layers:
             x = layer(x, self_bias, layer.cross_kv(enc), cross_mask)
         x = self.dropout(self.decoder_norm(x))
+        if full_vocab:
+            return F.linear(x, self.output_weight())
         v_max = max(self.cfg.target_sizes)
         logits = x.new_full((x.shape[0], depth, v_max), float("-inf"))
         for level in range(depth):
@@ -486,10 +551,12 @@ class GenRecT5(nn.Module):
         item_pos: Tensor,
         code_pos: Tensor,
         target_codes: Tensor,
+        full_vocab: bool = False,
     ) -> Tensor:
-        """Teacher-forced logits [B, D, V_max] of the target codes [B, D] given histories."""
+        """Teacher-forced logits [B, D, V_max] (or [B, D, sum V_l], see ``decode``) of the target
+        codes [B, D] given histories."""
         enc = self.encode(input_ids, attention_mask, item_pos, code_pos)
-        return self.decode(enc, attention_mask, target_codes)
+        return self.decode(enc, attention_mask, target_codes, full_vocab)
 
     def start_decoding(self, enc: Tensor, attention_mask: Tensor) -> DecoderState:
         """Decoding state with each layer's cross K/V computed once: enc [B, S, d]."""

@@ -24,14 +24,19 @@ from mscg_lightning.artifacts import is_distributed
 from mscg_lightning.errors import MscgError
 from mscg_lightning.metrics import RetrievalMetrics
 from mscg_lightning.stages.genrec.beam_search import beam_search
-from mscg_lightning.stages.genrec.losses import generative_loss
+from mscg_lightning.stages.genrec.losses import (
+    beam_scoring_for,
+    full_vocab_targets,
+    generative_loss,
+    training_mode,
+)
 from mscg_lightning.stages.genrec.model import GenRecConfig, GenRecT5
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
 from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
 
 
 class GenRecModule(L.LightningModule):
-    """MSCGRec's sequence model (TIGER when one modality is both input and target).
+    """MSCGRec's sequence model; TIGER with one modality in and out and configs/model/tiger.yaml.
 
     Args:
         token_layout: ``{"modalities": [...], "vocab_sizes": [[...], ...], "target": "collab"}``
@@ -39,19 +44,28 @@ class GenRecModule(L.LightningModule):
         d_model, num_heads, d_kv, d_ff, encoder_layers, decoder_layers, dropout, ffn: T5 sizes
             [paper: 8 heads x 64, MLP 2048; d_model 128 and 4+4 layers as in TIGER].
         position_bias: ``dual`` (item + within-item buckets, paper) or ``t5`` (ablation).
-        item_buckets, code_buckets: buckets of the two relative biases (sum = T5's 32).
+        item_buckets, item_max_distance, code_buckets, code_max_distance: the dual bias's
+            buckets [paper: item + code = T5's 32]. Default (None): one code bucket per signed
+            within-item offset (2T-1 for T tokens per item), the rest to the item bias (T5's
+            log buckets up to ``item_max_distance`` items); see ``GenRecConfig``.
+        check_bucket_sum: refuse item + code buckets other than 32 (False: allow any).
         tie_output: share the output table with the input embeddings.
         activation_checkpointing: recompute encoder layers in the backward pass (less memory,
             about a third more compute; same results).
-        constrained_training: normalise each level's softmax over the permissible codes only
-            (paper Eq. 6); False = full-vocabulary cross-entropy (ablation).
+        constrained_training: ``constrained`` (paper Eq. 6: each level's softmax over the
+            permissible codes only), ``per_level`` (over the level's codes) or ``full_vocab``
+            (over the whole output vocabulary: the paper's "w/o Const. Train." and TIGER).
+            The former booleans still load: True = constrained, False = per_level.
         mask_prob: probability of masking one random modality of each history item in training
             (paper: 0.75 for "w/ Masking"; 0 = off).
         eval_masked_modalities: modalities masked in every history item at evaluation
             (Shapley values, missing-modality studies).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay [lr 2e-3].
         num_beams, top_k: constrained beam search [20 beams]; top_k items ranked per user.
-        constrained_decoding: False decodes with the full softmax (comparison only).
+        constrained_decoding: False decodes with the model's softmax, unmasked (comparison).
+        beam_scoring: ``renormalized`` (paper: Eq. 6 scores), ``masked_softmax`` (the model's
+            softmax with impermissible codes at -inf, as HF ``prefix_allowed_tokens_fn``) or
+            ``auto`` (renormalized for ``constrained`` models, masked_softmax otherwise).
         val_metric: ``ndcg@10`` (beam search on validation users) or ``loss`` (cheaper).
         ks: cut-offs of the retrieval metrics.
     """
@@ -68,11 +82,16 @@ class GenRecModule(L.LightningModule):
         dropout: float = 0.1,
         ffn: Literal["relu", "gated-gelu"] = "relu",
         position_bias: Literal["dual", "t5"] = "dual",
-        item_buckets: int = 16,
-        code_buckets: int = 16,
+        item_buckets: int | None = None,
+        item_max_distance: int = 20,
+        code_buckets: int | None = None,
+        code_max_distance: int | None = None,
+        check_bucket_sum: bool = True,
         tie_output: bool = False,
         activation_checkpointing: bool = False,
-        constrained_training: bool = True,
+        constrained_training: Literal["constrained", "per_level", "full_vocab"] | bool = (
+            "constrained"
+        ),
         mask_prob: float = 0.0,
         eval_masked_modalities: list[str] | None = None,
         lr: float = 2e-3,
@@ -81,6 +100,7 @@ class GenRecModule(L.LightningModule):
         num_beams: int = 20,
         top_k: int = 10,
         constrained_decoding: bool = True,
+        beam_scoring: Literal["renormalized", "masked_softmax", "auto"] = "auto",
         val_metric: Literal["ndcg@10", "loss"] = "ndcg@10",
         ks: Sequence[int] = (1, 5, 10),
     ) -> None:
@@ -90,6 +110,9 @@ class GenRecModule(L.LightningModule):
                 "model.init_args.token_layout is not set: the genrec stage fills it in."
             )
         self.save_hyperparameters()
+        # store the mode's name (checkpoints saved with the former booleans load too)
+        self.hparams.constrained_training = training_mode(constrained_training)
+        self.beam_scoring = beam_scoring_for(beam_scoring, self.hparams.constrained_training)
         self.layout = TokenLayout(
             token_layout["modalities"], token_layout["vocab_sizes"], token_layout["target"]
         )
@@ -106,7 +129,10 @@ class GenRecModule(L.LightningModule):
                 ffn=ffn,
                 position_bias=position_bias,
                 item_buckets=item_buckets,
+                item_max_distance=item_max_distance,
                 code_buckets=code_buckets,
+                code_max_distance=code_max_distance,
+                check_bucket_sum=check_bucket_sum,
                 tie_output=tie_output,
                 activation_checkpointing=activation_checkpointing,
             )
@@ -159,12 +185,21 @@ class GenRecModule(L.LightningModule):
     ) -> tuple[Tensor, int]:
         target = self.tokenizer.target_codes(batch["target"])  # [B, D]
         keep = (target >= 0).all(dim=1)  # targets without target-modality codes cannot be trained
+        if not keep.any():
+            # Nothing to learn from: weight the batch zero (a mean over no targets is NaN). The
+            # zero still spans every parameter, so backward and DDP's gradient sync run as usual.
+            return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0, 0
         inputs = self.tokenizer(
             batch["history"][keep], mask_prob=mask_prob, masked_modalities=masked
         )
         target = target[keep]
+        mode = self.hparams.constrained_training
+        if mode == "full_vocab":
+            logits = self.model(*inputs, target, full_vocab=True)  # [B, D, sum V_l]
+            loss = generative_loss(logits, full_vocab_targets(target, self.layout.target_sizes))
+            return loss, int(keep.sum())
         logits = self.model(*inputs, target)
-        allowed = self.index.permissible(target) if self.hparams.constrained_training else None
+        allowed = self.index.permissible(target) if mode == "constrained" else None
         return generative_loss(logits, target, allowed), int(keep.sum())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -187,6 +222,8 @@ class GenRecModule(L.LightningModule):
             num_beams=self.hparams.num_beams,
             top_k=self.hparams.top_k,
             constrained=self.hparams.constrained_decoding,
+            scoring=self.beam_scoring,
+            full_vocab=self.hparams.constrained_training == "full_vocab",
         )
         return result.items, result.scores
 

@@ -1,9 +1,11 @@
 """Constrained beam search vs exhaustive scoring of every catalogue item."""
 
+import pytest
 import torch
 
+from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.genrec.beam_search import beam_search
-from mscg_lightning.stages.genrec.losses import target_log_probs
+from mscg_lightning.stages.genrec.losses import full_vocab_targets, target_log_probs
 from mscg_lightning.stages.genrec.model import GenRecConfig, GenRecT5
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
 from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
@@ -36,17 +38,29 @@ def setup(n_items: int = 30, seed: int = 0, sizes: tuple = (3, 4, 3)) -> tuple:
     return tok, index, model, collab, history
 
 
-def exhaustive(model, index, enc, collab, constrained: bool = True) -> torch.Tensor:
-    """Teacher-forced log-prob of every catalogue item for every user: [B, N]."""
+def exhaustive(
+    model, index, enc, collab, constrained: bool = True, full_vocab: bool = False
+) -> torch.Tensor:
+    """Teacher-forced log-prob of every catalogue item for every user: [B, N].
+
+    constrained: Eq. 6 (renormalised over permissible children); otherwise the model's own
+    softmax over the level's codes, or over every level's rows with ``full_vocab``. A catalogue
+    item's prefixes are all permissible, so masking without renormalising leaves its score as is.
+    """
     n = collab.shape[0]
     out = []
     with torch.no_grad():
         hidden = model.encode(*enc)
         for b in range(hidden.shape[0]):
             mask = enc.attention_mask[b : b + 1].expand(n, -1)
-            logits = model.decode(hidden[b : b + 1].expand(n, -1, -1), mask, collab)
+            args = (hidden[b : b + 1].expand(n, -1, -1), mask, collab)
+            if full_vocab:
+                logits = model.decode(*args, full_vocab=True)
+                targets = full_vocab_targets(collab, model.cfg.target_sizes)
+                out.append(target_log_probs(logits, targets).sum(-1))
+                continue
             allowed = index.permissible(collab) if constrained else None
-            out.append(target_log_probs(logits, collab, allowed).sum(-1))
+            out.append(target_log_probs(model.decode(*args), collab, allowed).sum(-1))
     return torch.stack(out)
 
 
@@ -100,3 +114,62 @@ def test_fewer_items_than_k_are_padded() -> None:
     assert (res.items[:, :4] >= 0).all()
     assert (res.items[:, 4:] == -1).all() and torch.isneginf(res.scores[:, 4:]).all()
     assert sorted(res.items[0, :4].tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("full_vocab", [False, True])
+def test_masked_softmax_equals_exhaustive_scoring_when_beams_cover_the_catalogue(
+    full_vocab: bool,
+) -> None:
+    # the prefix_allowed_tokens_fn scoring: the model's softmax (level's codes, or every level's
+    # rows for a full_vocab model), impermissible codes at -inf, no renormalisation
+    for seed in (0, 1):
+        tok, index, model, collab, history = setup(seed=seed)
+        enc = tok(history)
+        res = beam_search(
+            model,
+            index,
+            *enc,
+            num_beams=30,
+            top_k=10,
+            scoring="masked_softmax",
+            full_vocab=full_vocab,
+        )
+        ref = exhaustive(model, index, enc, collab, constrained=False, full_vocab=full_vocab)
+        # not renormalised: the catalogue holds less than all of the probability
+        assert (ref.exp().sum(1) < 0.999).all()
+        ref_scores, ref_items = ref.topk(10, dim=1)
+        assert torch.equal(res.items, ref_items)
+        assert torch.allclose(res.scores, ref_scores, atol=1e-5)
+        assert torch.equal(res.codes, collab[res.items])
+        # renormalised scores rank differently and are never lower
+        renorm = exhaustive(model, index, enc, collab)
+        assert (renorm >= ref - 1e-5).all() and not torch.allclose(renorm, ref, atol=1e-3)
+
+
+@pytest.mark.parametrize("full_vocab", [False, True])
+def test_masked_softmax_with_few_beams_returns_exact_scores(full_vocab: bool) -> None:
+    tok, index, model, collab, history = setup(n_items=40)
+    enc = tok(history)
+    res = beam_search(
+        model, index, *enc, num_beams=6, top_k=5, scoring="masked_softmax", full_vocab=full_vocab
+    )
+    ref = exhaustive(model, index, enc, collab, constrained=False, full_vocab=full_vocab)
+    assert (res.items >= 0).all() and (res.items < 40).all()
+    for row in res.items:
+        assert len(set(row.tolist())) == 5
+    assert (res.scores[:, :-1] >= res.scores[:, 1:]).all()
+    assert torch.allclose(res.scores, ref.gather(1, res.items), atol=1e-5)
+
+
+def test_renormalized_scores_do_not_depend_on_the_normaliser() -> None:
+    tok, index, model, collab, history = setup()
+    enc = tok(history)
+    a = beam_search(model, index, *enc, num_beams=8, top_k=5)
+    b = beam_search(model, index, *enc, num_beams=8, top_k=5, full_vocab=True)
+    assert torch.equal(a.items, b.items) and torch.allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_unknown_scoring_is_refused() -> None:
+    tok, index, model, collab, history = setup(n_items=4, sizes=(2, 2, 2))
+    with pytest.raises(MscgError, match="scoring"):
+        beam_search(model, index, *tok(history), num_beams=4, top_k=4, scoring="softmax")

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
+from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.genrec.losses import generative_loss
-from mscg_lightning.stages.genrec.model import GenRecConfig, GenRecT5, relative_bucket, to_hf_t5
+from mscg_lightning.stages.genrec.model import (
+    GenRecConfig,
+    GenRecT5,
+    exact_bucket,
+    relative_bucket,
+    to_hf_t5,
+)
 from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
 
 LAYOUT = TokenLayout(["text", "collab"], [[4, 4, 3], [3, 3, 2]], target="collab")
@@ -70,16 +77,15 @@ def test_dual_bias_is_sum_of_item_and_code_biases() -> None:
     code_pos = torch.arange(t).repeat(3)
     bias = model.encoder_bias_values(item_pos, code_pos)[0]  # [H, S, S]
     cfg = model.cfg
-    for q, k in ((0, 0), (1, 7), (7, 1), (3, 14), (14, 2), (5, 11)):
+    assert cfg.code_buckets_exact and cfg.code_buckets == 2 * t - 1
+    for q, k in ((0, 0), (1, 7), (7, 1), (3, 14), (14, 2), (5, 11), (0, 5), (5, 0)):
         rel_item = item_pos[q] - item_pos[k]
         rel_code = code_pos[k] - code_pos[q]
         expect = (
             model.item_bias.weight[
                 relative_bucket(rel_item, cfg.item_buckets, cfg.item_max_distance, True)
             ]
-            + model.code_bias.weight[
-                relative_bucket(rel_code, cfg.code_buckets, cfg.code_max_distance, True)
-            ]
+            + model.code_bias.weight[exact_bucket(rel_code, cfg.code_buckets, t - 1)]
         )
         assert torch.allclose(bias[:, q, k], expect)
     # same code position one item apart gets the same bias wherever the pair sits
@@ -87,15 +93,95 @@ def test_dual_bias_is_sum_of_item_and_code_biases() -> None:
     assert not torch.allclose(bias[:, 0, t], bias[:, 0, t + 1])
 
 
+def test_every_within_item_offset_of_a_3_modality_layout_gets_its_own_bucket() -> None:
+    # text, image, collab: 3 levels + collision each = 12 tokens per item, offsets -11..11
+    layout = TokenLayout(["text", "image", "collab"], [[8, 8, 8, 3]] * 3, target="collab")
+    torch.manual_seed(0)
+    model = GenRecT5(GenRecConfig.from_layout(layout, **TINY)).eval()
+    cfg, t = model.cfg, layout.tokens_per_item
+    assert (cfg.code_buckets, cfg.item_buckets, cfg.code_max_distance) == (23, 9, 11)
+    with torch.no_grad():  # bucket b of the within-item bias adds b; the item bias adds 0
+        model.code_bias.weight.copy_(torch.arange(23.0)[:, None].expand(-1, cfg.num_heads))
+        model.item_bias.weight.zero_()
+    h = 2
+    item_pos = torch.arange(h - 1, -1, -1).repeat_interleave(t)
+    code_pos = torch.arange(t).repeat(h)
+    bias = model.encoder_bias_values(item_pos, code_pos)[0, 0]  # [S, S]
+    offset = code_pos[None, :] - code_pos[:, None]  # key - query, [S, S]
+    bucket_of = {}
+    for rel in range(-(t - 1), t):
+        values = bias[offset == rel].unique()
+        assert values.numel() == 1, rel  # one bucket per offset, wherever the pair sits
+        bucket_of[rel] = int(values.item())
+    assert len(set(bucket_of.values())) == 2 * t - 1  # 23 offsets, 23 distinct buckets
+    # T5's log buckets (the former 16 up to distance 8) merged offsets 7..11
+    old = relative_bucket(torch.arange(7, 12), 16, 8, True)
+    assert old.unique().numel() == 1
+
+
+def test_bucket_counts_must_sum_to_32_unless_the_switch_allows_it() -> None:
+    with pytest.raises(MscgError, match="check_bucket_sum"):
+        GenRecConfig.from_layout(LAYOUT, item_buckets=16, **TINY)  # 16 + 11 = 27
+    cfg = GenRecConfig.from_layout(LAYOUT, item_buckets=16, check_bucket_sum=False, **TINY)
+    assert (cfg.item_buckets, cfg.code_buckets) == (16, 11)
+    GenRecConfig.from_layout(LAYOUT, item_buckets=16, position_bias="t5", **TINY)  # unused
+    wide = TokenLayout(["a", "b", "c", "d"], [[4, 4, 4, 2]] * 4, target="a")  # 31 code buckets
+    with pytest.raises(MscgError, match="leave 1 of num_buckets=32"):
+        GenRecConfig.from_layout(wide, **TINY)
+
+
+@pytest.mark.parametrize("sizes", [[[4, 4, 4, 3]] * 3, [[4, 4, 4, 3]] * 2])
+def test_former_16_plus_16_buckets_keep_their_bucketing(sizes: list) -> None:
+    # checkpoints saved before exact within-item buckets name item_buckets=code_buckets=16 and
+    # were trained with T5 buckets up to distance 8: they must give the same biases
+    layout = TokenLayout(["a", "b", "c"][: len(sizes)], sizes, target="a")
+    cfg = GenRecConfig.from_layout(layout, item_buckets=16, code_buckets=16, **TINY)
+    model = GenRecT5(cfg)
+    t = layout.tokens_per_item
+    rel = torch.arange(-(t - 1), t)
+    ours = exact_bucket(rel, 16, cfg.code_max_distance)
+    if not cfg.code_buckets_exact:
+        ours = relative_bucket(rel, 16, cfg.code_max_distance, True)
+    assert torch.equal(ours, relative_bucket(rel, 16, 8, True))
+    code_pos = torch.arange(t)
+    got = model.encoder_bias_values(torch.zeros(t, dtype=torch.long), code_pos)[0]
+    want = (
+        model.item_bias.weight[0]
+        + model.code_bias.weight[
+            relative_bucket(code_pos[None, :] - code_pos[:, None], 16, 8, True)
+        ]
+    )
+    assert torch.allclose(got, want.permute(2, 0, 1))
+
+
 @pytest.mark.parametrize("position_bias", ["dual", "t5"])
-def test_left_padding_does_not_change_outputs(position_bias: str) -> None:
+def test_a_padded_row_gives_the_outputs_of_the_row_alone(position_bias: str) -> None:
+    # the short rows of a batch are left-padded to the longest one: padding must change nothing
     tok, history, targets = make_batch()
     model = make_model(position_bias=position_bias)
-    padded = torch.cat([torch.full((3, 2), -1), history], 1)
     with torch.no_grad():
-        a = model(*tok(history), targets)
-        b = model(*tok(padded), targets)
-    assert torch.allclose(a, b, atol=1e-5)
+        batch = model(*tok(history), targets)
+        for row in (1, 2):  # 3 and 2 valid items beside a 4-item row
+            alone_history = history[row : row + 1, (history[row] >= 0)]
+            alone_inputs = tok(alone_history)
+            assert alone_inputs.input_ids.shape[1] < tok(history).input_ids.shape[1]
+            alone = model(*alone_inputs, targets[row : row + 1])
+            assert torch.allclose(batch[row], alone[0], atol=1e-5)
+            enc = model.encode(*tok(history))[row, -alone_inputs.input_ids.shape[1] :]
+            assert torch.allclose(enc, model.encode(*alone_inputs)[0], atol=1e-5)
+
+
+def test_full_vocab_logits_hold_each_levels_logits_at_its_rows() -> None:
+    tok, history, targets = make_batch()
+    for tie in (False, True):
+        model = make_model(tie_output=tie)
+        with torch.no_grad():
+            per_level = model(*tok(history), targets)
+            full = model(*tok(history), targets, full_vocab=True)
+        assert full.shape == (3, 3, sum(LAYOUT.target_sizes))
+        for level, size in enumerate(LAYOUT.target_sizes):
+            start = model.head_offsets[level]
+            assert torch.allclose(full[:, level, start : start + size], per_level[:, level, :size])
 
 
 def test_incremental_decoding_matches_teacher_forcing() -> None:

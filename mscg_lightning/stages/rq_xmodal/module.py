@@ -11,23 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
-from mscg_lightning.stages.rq.module import check_embeddings
+from mscg_lightning.stages.rq.module import EmbeddingsDataModule, check_embeddings
 from mscg_lightning.stages.rq.quantizer import _load, _save
 from mscg_lightning.stages.rq_xmodal.collisions import Collision, reassign_by_distance
 from mscg_lightning.stages.rq_xmodal.model import MODALITIES, CrossModalRQVAE
 
 
-class PairedEmbeddingsDataModule(LightningDataModule):
+class PairedEmbeddingsDataModule(EmbeddingsDataModule):
     """Items with both modalities: text [N, D_t], image [N, D_v] and pseudo-labels [N] each.
 
-    Batches are tuples ``(text, image, text_label, image_label)``; the shuffle order comes from
-    its own generator seeded with ``seed``.
+    Batches are tuples ``(text, image, text_label, image_label)``; shuffling as in
+    :class:`EmbeddingsDataModule` (its own generator seeded with ``seed``).
     """
 
     def __init__(
@@ -41,26 +41,16 @@ class PairedEmbeddingsDataModule(LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(text, batch_size, shuffle, seed, num_workers)
         n = text.shape[0]
         if not image.shape[0] == text_labels.shape[0] == image_labels.shape[0] == n:
             raise MscgError("rq_xmodal: the text and image tables must pair the same items.")
-        self.tables = {"text": text.detach().float(), "image": image.detach().float()}
+        self.tables = {"text": self.embeddings, "image": image.detach().float()}
         self.labels = {"text": text_labels.long(), "image": image_labels.long()}
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.num_workers = num_workers
 
-    def train_dataloader(self) -> DataLoader:
-        data = TensorDataset(
-            self.tables["text"], self.tables["image"], self.labels["text"], self.labels["image"]
-        )
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-        )
+    def dataset(self) -> Dataset:
+        t, v = self.tables["text"], self.tables["image"]
+        return TensorDataset(t, v, self.labels["text"], self.labels["image"])
 
 
 class CrossModalRQModule(LightningModule):

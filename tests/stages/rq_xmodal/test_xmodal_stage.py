@@ -107,3 +107,22 @@ def test_reassign_lowers_collisions_on_crowded_codes(tmp_path):
 def test_too_many_clusters_is_a_user_error(tmp_path):
     with pytest.raises(MscgError, match="pseudo_label_clusters"):
         run(_context(tmp_path, clusters=100))
+
+
+def test_inputs_by_source_spec(tmp_path):
+    # The chain of today passes artifacts by name: section.inputs maps the roles to them.
+    ctx = _context(tmp_path)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    Manifest(stage="prepare", config_hash="p", extra={"num_items": 40}).write(prepared)
+    ctx.inputs = {
+        "prepare": prepared,
+        "text_embed": ctx.inputs["text"],
+        "image_embed": ctx.inputs["image"],
+    }
+    ctx.section.inputs = Namespace(text="text_embed", image="image_embed")
+    run(ctx)
+    assert read_codes(ctx.out_dir / "image").codes.shape == (39, 4)
+    ctx.section.inputs = Namespace(text="text_embed")
+    with pytest.raises(MscgError, match="no 'image' input"):
+        run(ctx)

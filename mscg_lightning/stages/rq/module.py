@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
@@ -92,9 +92,13 @@ class EmbeddingsDataModule(LightningDataModule):
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    def dataset(self) -> Dataset:
+        """What one training row holds (subclasses serve more tensors per row)."""
+        return TensorDataset(self.embeddings)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
-            TensorDataset(self.embeddings),
+            self.dataset(),
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             generator=torch.Generator().manual_seed(self.seed),

@@ -11,10 +11,10 @@ from jsonargparse import Namespace
 
 from mscg_lightning.artifacts import Manifest, read_embeddings, read_manifest, write_shards
 from mscg_lightning.config import stage_parser
+from mscg_lightning.data.datamodule import SequenceDataModule
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext, run_stage
 from mscg_lightning.stages.sasrec.module import SASRecModule
-from mscg_lightning.data.datamodule import SequenceDataModule
 from mscg_lightning.stages.sasrec.stage import run, train_target_mode
 
 

@@ -305,20 +305,42 @@ class RQDino(nn.Module):
                 self.student[name].weight_v.grad = None
                 self.student[name].weight_g.grad = None
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Student parameters split for AdamW: weight decay on matrices only (DINOv2 practice).
+    def parameter_groups(
+        self, layerwise_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Student parameters grouped for AdamW by learning-rate and weight-decay multiplier.
 
-        Returns two groups; the second has `weight_decay` 0 (biases, norms, layer scales,
-        tokens, prototype norms). The quantizer has no parameters (EMA buffers).
+        As DINOv2 (`dinov2/utils/param_groups.py`): backbone block ``i`` (0-based) of ``n`` gets
+        ``layerwise_decay ** (n - i)``, the embeddings (patch projection, tokens, positions)
+        ``layerwise_decay ** (n + 1)``, the patch projection also ``patch_embed_lr_mult``; the
+        final norm and the heads 1. Weight decay on matrices only: biases, norms, layer scales,
+        tokens, positions and prototype norms get ``wd_multiplier`` 0. The quantizer has no
+        parameters (EMA buffers).
+
+        Returns:
+            Groups ``{"params", "lr_multiplier", "wd_multiplier"}``, one per distinct pair,
+            first the group of multipliers (1, 1) (possibly empty).
         """
-        decay, no_decay = [], []
-        for name, param in self.student.named_parameters():
-            if not param.requires_grad:
-                continue
-            skip = param.ndim <= 1 or name.endswith(".bias") or "weight_g" in name
-            skip = skip or "token" in name or "position_embeddings" in name
-            (no_decay if skip else decay).append(param)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        n_layers = int(self.student["backbone"].config.num_hidden_layers)
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {(1.0, 1.0): []}
+        for part, module in self.student.items():
+            for name, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                skip = param.ndim <= 1 or name.endswith(".bias") or "weight_g" in name
+                skip = skip or "token" in name or "position_embeddings" in name
+                lr_mult = 1.0
+                if part == "backbone":
+                    lr_mult = backbone_lr_multiplier(
+                        name, n_layers, layerwise_decay, patch_embed_lr_mult
+                    )
+                groups.setdefault((lr_mult, 0.0 if skip else 1.0), []).append(param)
+        # weight_decay 0 set here too, so that a plain AdamW over these groups is right as well
+        return [
+            {"params": params, "lr_multiplier": lr, "wd_multiplier": wd}
+            | ({} if wd else {"weight_decay": 0.0})
+            for (lr, wd), params in groups.items()
+        ]
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
@@ -333,6 +355,27 @@ class RQDino(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Codes `[N, L]` int64 of preprocessed images `[N, 3, S, S]` (no codebook update)."""
         return self.quantizer.encode(self.embed(images))
+
+
+def backbone_lr_multiplier(
+    name: str, num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float
+) -> float:
+    """DINOv2's learning-rate multiplier of a `Dinov2Model` parameter `name`.
+
+    Layer ids: embeddings 0, ``encoder.layer.i`` i + 1, anything after the blocks (the final
+    ``layernorm``) ``num_layers + 1``; the multiplier is ``layerwise_decay ** (num_layers + 1 -
+    id)``, times ``patch_embed_lr_mult`` for the patch projection.
+    """
+    if name.startswith("embeddings."):
+        layer_id = 0
+    elif name.startswith("encoder.layer."):
+        layer_id = int(name.split(".")[2]) + 1
+    else:
+        layer_id = num_layers + 1
+    mult = layerwise_decay ** (num_layers + 1 - layer_id)
+    if name.startswith("embeddings.patch_embeddings."):
+        mult *= patch_embed_lr_mult
+    return mult
 
 
 @torch.no_grad()

@@ -198,6 +198,7 @@ def test_parameter_groups_cover_the_student_once(model):
     groups = model.parameter_groups()
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.student.parameters()))
+    assert [(g["lr_multiplier"], g["wd_multiplier"]) for g in groups] == [(1.0, 1.0), (1.0, 0.0)]
     assert groups[1]["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in groups[0]["params"])
 

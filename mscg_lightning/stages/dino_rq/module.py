@@ -18,12 +18,13 @@ The trainer's ``gradient_clip_val`` is not used: ``clip_grad`` is.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.dino_rq.losses import Centering
 from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig
 from mscg_lightning.stages.dino_rq.schedules import (
@@ -43,7 +44,13 @@ class RQDinoModule(LightningModule):
     weights (iBOT 1, KoLeo 0.1, commitment 0.01), centering, iBOT mask ratios.
     ``rq_refit_epochs``: epochs (fractional allowed) at which the codebooks are re-initialised
     by residual k-means on the last ``rq_refit_samples`` student CLS embeddings of global crops
-    (``RQDino.refit_codebooks``); None keeps the single k-means init on the first batch.
+    (``RQDino.refit_codebooks``); None keeps the single k-means init.
+    ``rq_statistics``: what the codebooks' EMA updates, k-means init and refits see:
+    ``clean_global`` (default) the student CLS of global crops without iBOT masking, closest to
+    the clean centre crops whose codes are exported; ``all_views`` every quantized view (masked
+    global and small local crops). ``rq_init_samples``: the k-means init waits for this many
+    such embeddings gathered over batches (None: 10 x ``rq_codebook_size``; the student head
+    sees unquantized embeddings meanwhile); 0: init on the first batch.
 
     Optimisation args: ``base_lr`` (for a global batch of 1024, square-root scaled), ``min_lr``,
     ``warmup_epochs``, ``weight_decay`` -> ``weight_decay_end``, ``momentum_teacher``,
@@ -74,6 +81,8 @@ class RQDinoModule(LightningModule):
         rq_dead_code_threshold: float = 0.1,
         rq_refit_epochs: list[float] | None = None,
         rq_refit_samples: int = 4096,
+        rq_statistics: Literal["clean_global", "all_views"] = "clean_global",
+        rq_init_samples: int | None = None,
         quantize_local_crops: bool = True,
         centering: Centering = "centering",
         student_temp: float = 0.1,
@@ -120,6 +129,8 @@ class RQDinoModule(LightningModule):
             rq_decay=rq_decay,
             rq_dead_code_threshold=rq_dead_code_threshold,
             rq_refit_samples=rq_refit_samples if rq_refit_epochs else 0,
+            rq_statistics=rq_statistics,
+            rq_init_samples=rq_init_samples,
             quantize_local_crops=quantize_local_crops,
             centering=centering,
             student_temp=student_temp,
@@ -224,8 +235,8 @@ class RQDinoModule(LightningModule):
             )
         for name, value in sched.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
-        codes = out["codes"]  # [G*B, L]
-        for level in range(self.levels):
+        codes = out["codes"]  # [G*B, L]; None while the k-means init gathers samples
+        for level in range(self.levels if codes is not None else 0):
             self.code_counts[level] += torch.bincount(
                 codes[:, level], minlength=self.codebook_size
             ).to(self.code_counts.dtype)
@@ -251,6 +262,15 @@ class RQDinoModule(LightningModule):
         super().optimizer_step(*args, **kwargs)
         # The teacher follows the student after every optimiser step, never by gradient.
         self.model.update_teacher(self.schedule(self._step)["teacher_momentum"])
+
+    def on_train_end(self) -> None:
+        # A run shorter than the k-means init's sample count still exports codes.
+        if not self.model.finish_codebooks():
+            raise MscgError(
+                "dino_rq: training ended before the codebooks could be initialised (fewer clean "
+                f"global crops than model.init_args.rq_codebook_size = {self.codebook_size}); "
+                "train longer or lower model.init_args.rq_init_samples."
+            )
 
     def on_train_epoch_end(self) -> None:
         if self.code_counts is None:

@@ -53,6 +53,7 @@ class RQDinoConfig:
     # batch * 6 crops for 256 codes, so the quantizer's default of 1.0 would restart most codes.
     rq_dead_code_threshold: float = 0.1
     quantize_local_crops: bool = True  # Eq. 4 quantizes every student view
+    quantize: bool = True  # False: plain DINO (no quantizer; e.g. to pretrain for Table 3c)
     # Recent student CLS embeddings of global crops kept for `refit_codebooks` (k-means).
     rq_refit_samples: int = 4096
     # What the codebook statistics (EMA updates, k-means init and refits) see: clean_global =
@@ -265,6 +266,8 @@ class RQDino(nn.Module):
         Returns None while the k-means init is still gathering samples (`init_samples`).
         """
         quantizer = self.quantizer
+        if not self.config.quantize:
+            return None
         if self.training and not bool(quantizer.initialized) and self.init_samples > 0:
             if not self._init_from_samples():
                 return None
@@ -296,8 +299,8 @@ class RQDino(nn.Module):
     def _remember(self, cls: Tensor) -> None:
         """Keep the last `rq_refit_samples` CLS embeddings `[N, D]` (float32) of the rows the
         statistics see; until the k-means init, at least `init_samples`."""
-        keep = self.config.rq_refit_samples
-        if not bool(self.quantizer.initialized):
+        keep = self.config.rq_refit_samples if self.config.quantize else 0
+        if self.config.quantize and not bool(self.quantizer.initialized):
             keep = max(keep, self.init_samples)
         if keep <= 0:
             self._recent_cls = None
@@ -310,7 +313,7 @@ class RQDino(nn.Module):
     def finish_codebooks(self) -> bool:
         """After training: a k-means init on whatever was gathered if the run ended before
         `init_samples` were kept (at least one per code needed). Returns True if initialised."""
-        if bool(self.quantizer.initialized):
+        if bool(self.quantizer.initialized) or not self.config.quantize:
             return True
         kept = self._recent_cls
         if kept is None or kept.shape[0] < self.quantizer.codebook_size:

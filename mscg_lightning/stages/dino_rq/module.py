@@ -50,7 +50,8 @@ class RQDinoModule(LightningModule):
     the clean centre crops whose codes are exported; ``all_views`` every quantized view (masked
     global and small local crops). ``rq_init_samples``: the k-means init waits for this many
     such embeddings gathered over batches (None: 10 x ``rq_codebook_size``; the student head
-    sees unquantized embeddings meanwhile); 0: init on the first batch.
+    sees unquantized embeddings meanwhile); 0: init on the first batch. ``quantize: false``
+    trains plain DINO (no quantizer; the pretraining of the Table 3c benchmark).
 
     Optimisation args: ``base_lr`` (for a global batch of 1024, square-root scaled), ``min_lr``,
     ``warmup_epochs``, ``weight_decay`` -> ``weight_decay_end``, ``momentum_teacher``,
@@ -84,6 +85,7 @@ class RQDinoModule(LightningModule):
         rq_statistics: Literal["clean_global", "all_views"] = "clean_global",
         rq_init_samples: int | None = None,
         quantize_local_crops: bool = True,
+        quantize: bool = True,
         centering: Centering = "centering",
         student_temp: float = 0.1,
         ibot_weight: float = 1.0,
@@ -132,6 +134,7 @@ class RQDinoModule(LightningModule):
             rq_statistics=rq_statistics,
             rq_init_samples=rq_init_samples,
             quantize_local_crops=quantize_local_crops,
+            quantize=quantize,
             centering=centering,
             student_temp=student_temp,
             ibot_weight=ibot_weight,

@@ -132,3 +132,14 @@ def test_a_run_shorter_than_the_init_still_gets_codebooks(tmp_path) -> None:
     ).fit(module, datamodule=data)
     assert bool(module.model.quantizer.initialized)  # from the rows gathered in 2 steps
     assert not RQDino(RQDinoConfig(backbone_config=TINY_VIT, **SMALL)).finish_codebooks()
+
+
+def test_plain_dino_never_touches_the_quantizer() -> None:
+    torch.manual_seed(0)
+    model = RQDino(RQDinoConfig(backbone_config=TINY_VIT, quantize=False, **SMALL)).train()
+    spy = Spy(model)
+    for step in range(2):
+        out = model.training_losses(batch(seed=step))
+        assert out["codes"] is None and float(out["commit_loss"]) == 0.0
+    assert spy.calls == [] and not bool(model.quantizer.initialized)
+    assert model._recent_cls is None and model.finish_codebooks()

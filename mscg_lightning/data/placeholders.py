@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mscg_lightning.errors import MscgError
 
@@ -98,6 +100,34 @@ def find_placeholders(
             )
     details.sort(key=lambda d: (-int(d["items"]), str(d["sha256"])))
     return mask, details[:REPORTED]
+
+
+def mark_placeholders(
+    items: pa.Table,
+    digests: list[str | None],
+    text_columns: Sequence[str],
+    max_titles: int | None,
+    hashes: Iterable[str] | None,
+) -> tuple[pa.Table, list[str | None], np.ndarray, list[dict[str, object]]]:
+    """Find the placeholder items of a catalogue and null their image.
+
+    Titles come from the `title` column, else the first text column, else none (items count).
+
+    Returns:
+        (items with `image_path` null for placeholders, `digests` [n] with None for them,
+        mask [n] bool of the placeholder items, details as `find_placeholders`).
+    """
+    titles = None
+    for name in ("title", *text_columns):
+        if name in items.column_names:
+            titles = items.column(name).to_pylist()
+            break
+    mask, details = find_placeholders(digests, titles, max_titles, normalise_hashes(hashes))
+    if not mask.any():
+        return items, digests, mask, details
+    paths = pc.if_else(pa.array(mask), pa.nulls(len(mask), pa.string()), items.column("image_path"))
+    items = items.set_column(items.column_names.index("image_path"), "image_path", paths)
+    return items, [None if m else d for d, m in zip(digests, mask)], mask, details
 
 
 def representatives(digests: Sequence[str | None]) -> np.ndarray:

@@ -337,14 +337,13 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     placeholder_info: dict[str, object] = {"mode": placeholder_mode, "items": 0, "images": []}
     if has_images and (dedup or placeholder_mode != "keep"):
         digests = placeholders.image_digests(items.column("image_path").to_pylist())
-    if has_images and placeholder_mode != "keep":
-        items, digests = _handle_placeholders(items, digests, raw, cfg, placeholder_info)
+    if has_images and placeholder_mode != "keep":  # before the dedup (placeholders.py)
+        items, digests, is_placeholder, details = placeholders.mark_placeholders(
+            items, digests, raw.text_columns, cfg.placeholder_max_titles, cfg.placeholder_hashes
+        )
+        placeholder_info.update(items=int(is_placeholder.sum()), images=details)
         if placeholder_mode == "drop":
-            is_placeholder = np.zeros(n_catalogue, dtype=bool)
-            is_placeholder[placeholder_info.pop("rows")] = True
             keep_rows(~is_placeholder[item], "item_with_placeholder_image")
-        else:
-            placeholder_info.pop("rows")
     if cfg.drop_items_without_image:
         if not has_images:
             raise MscgError(
@@ -464,36 +463,6 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     )
     manifest.write(out_dir)
     return manifest
-
-
-def _handle_placeholders(
-    items: pa.Table,
-    digests: list[str | None],
-    raw: RawData,
-    cfg: PrepareConfig,
-    info: dict[str, object],
-) -> tuple[pa.Table, list[str | None]]:
-    """Null the image of placeholder items (items table and digests); fill `info` for stats.
-
-    `info["rows"]` gets the catalogue rows [M] of the placeholder items (for dropping).
-    """
-    titles = None
-    for name in ("title", *raw.text_columns):
-        if name in items.column_names:
-            titles = items.column(name).to_pylist()
-            break
-    mask, details = placeholders.find_placeholders(
-        digests,
-        titles,
-        cfg.placeholder_max_titles,
-        placeholders.normalise_hashes(cfg.placeholder_hashes),
-    )
-    info.update(items=int(mask.sum()), images=details, rows=np.flatnonzero(mask))
-    if not mask.any():
-        return items, digests
-    paths = pc.if_else(pa.array(mask), pa.nulls(len(mask), pa.string()), items.column("image_path"))
-    items = items.set_column(items.column_names.index("image_path"), "image_path", paths)
-    return items, [None if m else d for d, m in zip(digests, mask)]
 
 
 def _content_mask(items: pa.Table, text_columns: list[str]) -> dict[str, np.ndarray]:

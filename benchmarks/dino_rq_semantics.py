@@ -44,6 +44,10 @@ the level-1 NMI differences get a 95% bootstrap interval over the evaluation ima
 
     python benchmarks/dino_rq_semantics.py            # ~25 min -> results/dino_rq_semantics.json
     python benchmarks/dino_rq_semantics.py --quick    # ~2 min -> results/dino_rq_semantics_quick.json
+
+``--protocol finetune`` runs the paper's own protocol instead (DINO pretraining, then post-hoc RQ
+vs RQ-DINO fine-tuning vs DINO fine-tuning + post-hoc RQ; ``dino_rq_protocol.py``) and adds its
+``paper_protocol`` and ``variants`` to the same JSON, keeping the from-scratch rows.
 """
 
 from __future__ import annotations
@@ -233,9 +237,22 @@ def main(argv: list[str] | None = None) -> dict:
         "--global_codes_only", action="store_true", help="quantize the global crops only"
     )
     parser.add_argument("--rq_dead", type=float, default=1.0, help="dead-code EMA count")
+    parser.add_argument(
+        "--protocol",
+        choices=("scratch", "finetune"),
+        default="scratch",
+        help="scratch: RQ-DINO from scratch; finetune: paper Table 3c (dino_rq_protocol.py)",
+    )
+    parser.add_argument("--pretrain_steps", type=int, default=800, help="finetune: DINO steps")
+    parser.add_argument("--finetune_steps", type=int, default=200, help="finetune: (b), (c)")
+    parser.add_argument("--train_seeds", type=int, default=2, help="finetune: seeds of (b), (c)")
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         raise SystemExit(f"{args.data}/labels.csv not found: pass --data")
+    if args.protocol == "finetune":
+        import dino_rq_protocol
+
+        return dino_rq_protocol.run(sys.modules[__name__], args)
 
     import lightning as L
 

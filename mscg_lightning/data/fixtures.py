@@ -5,7 +5,8 @@ item sequence, with strictly increasing timestamps and occasional repeated items
 spells the ids its own way (RecBole "1".., P5 1-based, MQL4GRec 0-based with ASINs, PixelRec
 "i0"/"u0"), so a prepared fixture can be checked against the truth whatever the layout.
 Layouts with images get small real PNG/JPEG files; a few items share byte-identical images (to
-exercise dedup) and one item has an empty (0-byte) image file.
+exercise dedup) and one item has an empty (0-byte) image file. `make_fixture(...,
+placeholders=n)` gives n items with different titles one shared "no image available" picture.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gzip
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ WORDS = ("red", "blue", "soft", "loud", "tiny", "grand", "quick", "calm", "bold"
 class FixtureTruth:
     """Ground truth of a fixture: `sequences[u]` = chronological 0-based item indices of user u,
     `times[u]` their strictly increasing timestamps (seconds), `dup_of[i]` = the smaller item
-    whose image bytes item i copies (or i itself), `no_image` = items with an empty image file.
+    whose image bytes item i copies (or i itself), `no_image` = items with an empty image file,
+    `placeholder` = items whose image is the shared placeholder picture (`placeholder_bytes()`).
     """
 
     sequences: list[list[int]]
@@ -58,13 +60,19 @@ class FixtureTruth:
     n_items: int
     dup_of: list[int]
     no_image: list[int]
+    placeholder: list[int] = field(default_factory=list)
 
 
-def fixture_truth(seed: int = 0, n_users: int = 60, n_items: int = 40) -> FixtureTruth:
-    """The interactions every layout of `make_fixture(seed, n_users, n_items)` holds.
+def fixture_truth(
+    seed: int = 0, n_users: int = 60, n_items: int = 40, placeholders: int = 0
+) -> FixtureTruth:
+    """The interactions every layout of `make_fixture(seed, n_users, n_items, placeholders)`
+    holds.
 
     Each user has 6-12 interactions; popularity is mildly skewed (p ~ 1 / (rank + 8)) so a
-    5-core keeps most of the data; about 5% of steps repeat the previous item.
+    5-core keeps most of the data; about 5% of steps repeat the previous item. `placeholders`
+    items (every 3rd from item 1, none of the duplicates or the empty image) show one shared
+    placeholder picture.
     """
     rng = np.random.default_rng(seed)
     p = 1.0 / (np.arange(n_items) + 8.0)
@@ -83,7 +91,12 @@ def fixture_truth(seed: int = 0, n_users: int = 60, n_items: int = 40) -> Fixtur
     for i in range(5, n_items, 13):  # items 5, 18, 31, ... copy the image of item i - 1
         dup_of[i] = i - 1
     no_image = [n_items - 1] if n_items > 7 else []
-    return FixtureTruth(sequences, times, n_items, dup_of, no_image)
+    # neither a duplicate nor the source of one, not the empty image
+    candidates = [i for i in range(1, n_items, 3) if dup_of.count(i) == 1 and dup_of[i] == i]
+    candidates = [i for i in candidates if i not in no_image]
+    if placeholders > len(candidates):
+        raise ValueError(f"at most {len(candidates)} placeholder items for {n_items} items")
+    return FixtureTruth(sequences, times, n_items, dup_of, no_image, candidates[:placeholders])
 
 
 def _title(i: int) -> str:
@@ -101,8 +114,17 @@ def _image_bytes(rng: np.random.Generator, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def placeholder_bytes() -> bytes:
+    """The fixtures' grey "no image available" picture (PNG); its SHA-256 can be listed in
+    prepare.placeholder_hashes."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 200, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int) -> None:
-    """`<name>.jpg` per item (every third one `.png`), duplicates copied byte for byte."""
+    """`<name>.jpg` per item (every third one `.png`), duplicates copied byte for byte,
+    placeholder items given `placeholder_bytes()`."""
     rng = np.random.default_rng(seed + 1)
     folder.mkdir(parents=True, exist_ok=True)
     data: list[bytes] = []
@@ -116,6 +138,8 @@ def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int
         data.append(payload)
         if i in truth.no_image:
             payload = b""  # an empty file: an item whose image is missing
+        if i in truth.placeholder:
+            payload, ext = placeholder_bytes(), ".png"
         # A duplicate keeps its source's format so the bytes stay identical.
         if truth.dup_of[i] != i:
             ext = ".png" if truth.dup_of[i] % 3 == 2 else ".jpg"
@@ -299,16 +323,23 @@ def _write_pixelrec(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> 
 
 
 def make_fixture(
-    layout: str, root: Path, seed: int = 0, n_users: int = 60, n_items: int = 40
+    layout: str,
+    root: Path,
+    seed: int = 0,
+    n_users: int = 60,
+    n_items: int = 40,
+    placeholders: int = 0,
 ) -> Path:
     """Write `layout` in miniature under `root/<layout>/` and return that dataset folder.
+
+    `placeholders`: items given one shared placeholder picture (image layouts only).
 
     For `ml100k_wheel` the folder is a cache directory holding a stand-in recbole wheel (use it
     as `prepare.path` or `$MSCG_CACHE`). `FIXTURE_DATASETS[layout]` is the file stem.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; one of {LAYOUTS}")
-    truth = fixture_truth(seed, n_users, n_items)
+    truth = fixture_truth(seed, n_users, n_items, placeholders)
     folder = Path(root) / layout
     folder.mkdir(parents=True, exist_ok=True)
     stem = FIXTURE_DATASETS[layout]

@@ -2,9 +2,10 @@
 
 Steps, the same for every layout (adapters only read; see adapters.py):
 1. read the raw layout into `RawData` (ids mapped to catalogue rows, bad rows counted);
-2. optional filters: `min_rating`, `drop_items_without_image`;
+2. optional filters: `min_rating`; placeholder images (`placeholder_images`, see
+   placeholders.py) are dropped or marked missing; `drop_items_without_image`;
 3. dedup of items whose image files are byte-identical: every such item maps to the smallest
-   catalogue row of its group (`dedup_images`);
+   catalogue row of its group (`dedup_images`; placeholders were removed first);
 4. iterative k-core: users and items with fewer than `k_core` interactions are removed, repeated
    until nothing changes. Users also need 3 interactions (train / valid / test), so the user
    threshold is ``max(k_core, 3)``;
@@ -20,7 +21,6 @@ Everything is vectorised numpy/pyarrow: no Python loop per interaction.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscg_lightning.artifacts import Manifest, write_json, write_shards
-from mscg_lightning.data import given_embeddings
+from mscg_lightning.data import given_embeddings, placeholders
 from mscg_lightning.data.adapters import ADAPTERS, RawData
 from mscg_lightning.errors import MscgError
 
@@ -58,7 +58,19 @@ class PrepareConfig:
             (only a sequence's last item, PixelRec protocol); recorded for the DataModules.
         rows_per_shard: Rows per Parquet shard of every output table.
         dedup_images: Map items whose image files are byte-identical to one item (the smallest
-            catalogue row); only for layouts with images.
+            catalogue row); only for layouts with images. null: the layout's protocol
+            (`IMAGE_PROTOCOL`: pixelrec false, as the paper dedups only the Amazon sets;
+            otherwise true).
+        placeholder_images: What to do with items whose image is a placeholder ("no image
+            available" pictures, see placeholders.py), before dedup: drop (drop their
+            interactions: the paper's Amazon protocol, "removes samples with empty or placeholder
+            images"), missing (keep the items without an image), keep (treat the picture as a
+            real image: it is then merged by dedup). null: the layout's protocol (pixelrec keep,
+            otherwise drop).
+        placeholder_max_titles: An image shared by items with more distinct titles than this
+            is a placeholder; null disables this rule (only placeholder_hashes then count).
+        placeholder_hashes: SHA-256 hex digests (as sha256sum prints them) of known placeholder
+            pictures, placeholders whatever items share them.
         drop_items_without_image: Drop interactions with items that have no (non-empty) image
             file, the paper's Amazon protocol.
         min_rating: Keep only interactions rated at least this (layouts with ratings); null
@@ -89,7 +101,10 @@ class PrepareConfig:
     max_history: int = 20
     target_mode: Literal["per_item", "last_item"] = "per_item"
     rows_per_shard: int = 1_000_000
-    dedup_images: bool = True
+    dedup_images: bool | None = None
+    placeholder_images: Literal["drop", "missing", "keep"] | None = None
+    placeholder_max_titles: int | None = 10
+    placeholder_hashes: list[str] | None = None
     drop_items_without_image: bool = False
     min_rating: float | None = None
     on_unknown_items: Literal["error", "drop"] = "error"
@@ -118,6 +133,32 @@ class PrepareConfig:
             )
         if self.path is None and self.adapter != "ml100k_wheel":
             raise MscgError(f"prepare.path is required for adapter '{self.adapter}'.")
+        if self.placeholder_images not in (None, "drop", "missing", "keep"):
+            raise MscgError(
+                f"prepare.placeholder_images '{self.placeholder_images}' is not drop/missing/keep."
+            )
+        if self.placeholder_max_titles is not None and self.placeholder_max_titles < 1:
+            raise MscgError(
+                f"prepare.placeholder_max_titles must be >= 1 or null, got "
+                f"{self.placeholder_max_titles}."
+            )
+        placeholders.normalise_hashes(self.placeholder_hashes)
+
+    def image_protocol(self) -> tuple[bool, str]:
+        """(dedup_images, placeholder_images) with nulls resolved by the layout's protocol."""
+        default = IMAGE_PROTOCOL.get(self.adapter, IMAGE_PROTOCOL["amazon2023"])
+        dedup = default[0] if self.dedup_images is None else self.dedup_images
+        mode = default[1] if self.placeholder_images is None else self.placeholder_images
+        return dedup, mode
+
+
+# The paper's image handling per layout: (dedup_images, placeholder_images). It dedups and
+# removes placeholder images on the Amazon sets only; PixelRec keeps every item as it is.
+# Layouts not listed (no image folder, or new ones) follow the Amazon protocol.
+IMAGE_PROTOCOL: dict[str, tuple[bool, str]] = {
+    "amazon2023": (True, "drop"),
+    "pixelrec": (False, "keep"),
+}
 
 
 def resolve_folder(cfg: PrepareConfig, data_root: Path) -> Path:
@@ -164,18 +205,7 @@ def image_representatives(image_paths: pa.Array) -> np.ndarray:
 
     Items without an image (null path) map to themselves.
     """
-    paths = image_paths.to_pylist()
-    rep = np.arange(len(paths), dtype=np.int64)
-    first: dict[bytes, int] = {}
-    for row, path in enumerate(paths):  # one step per item with an image: I/O bound anyway
-        if path is None:
-            continue
-        try:
-            digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
-        except OSError as err:
-            raise MscgError(f"cannot read the image {path}: {err.strerror}.") from err
-        rep[row] = first.setdefault(digest, row)
-    return rep
+    return placeholders.representatives(placeholders.image_digests(image_paths.to_pylist()))
 
 
 def chronological_order(user: np.ndarray, time: np.ndarray | None) -> np.ndarray:
@@ -302,6 +332,18 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
             )
         keep_rows(raw.rating >= cfg.min_rating, "rating_below_min_rating")
     has_images = "image_path" in items.column_names
+    dedup, placeholder_mode = cfg.image_protocol()
+    digests: list[str | None] = []
+    placeholder_info: dict[str, object] = {"mode": placeholder_mode, "items": 0, "images": []}
+    if has_images and (dedup or placeholder_mode != "keep"):
+        digests = placeholders.image_digests(items.column("image_path").to_pylist())
+    if has_images and placeholder_mode != "keep":  # before the dedup (placeholders.py)
+        items, digests, is_placeholder, details = placeholders.mark_placeholders(
+            items, digests, raw.text_columns, cfg.placeholder_max_titles, cfg.placeholder_hashes
+        )
+        placeholder_info.update(items=int(is_placeholder.sum()), images=details)
+        if placeholder_mode == "drop":
+            keep_rows(~is_placeholder[item], "item_with_placeholder_image")
     if cfg.drop_items_without_image:
         if not has_images:
             raise MscgError(
@@ -309,8 +351,8 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
             )
         keep_rows(_has_value(items.column("image_path"))[item], "item_without_image")
     merged = 0
-    if cfg.dedup_images and has_images:
-        rep = image_representatives(items.column("image_path"))
+    if dedup and has_images:
+        rep = placeholders.representatives(digests)
         merged = int((rep != np.arange(n_catalogue)).sum())
         item = rep[item]
 
@@ -375,6 +417,9 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
         "item_rows_dropped": dict(sorted(raw.item_rows_dropped.items())),
         "catalogue_items": n_catalogue,
         "items_merged_identical_image": merged,
+        "dedup_images": bool(dedup and has_images),
+        # catalogue items whose image is a placeholder, what was done, the hashes (placeholders.py)
+        "placeholder_images": placeholder_info,
         "users_dropped": n_raw_users - n_users,
         "k_core": cfg.k_core,
         "k_core_passes": passes,

@@ -231,7 +231,8 @@ def test_unisrec_given_embeddings_are_carried_row_aligned(tmp_path: Path) -> Non
 @pytest.mark.parametrize("layout", ["amazon2023", "pixelrec"])
 def test_image_dedup_maps_identical_images_to_smallest_item(layout: str, tmp_path: Path) -> None:
     folder = make_fixture(layout, tmp_path / "raw")
-    target = run_prepare(fixture_config(layout, folder, k_core=0), tmp_path)
+    # dedup_images explicit: PixelRec's protocol does not dedup (test_placeholders.py)
+    target = run_prepare(fixture_config(layout, folder, k_core=0, dedup_images=True), tmp_path)
     truth = fixture_truth()
     items = read_table(target / "items").to_pydict()
     item_truth = [ITEM_INDEX[layout](s) for s in items["item_id"]]

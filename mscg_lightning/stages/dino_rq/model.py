@@ -11,58 +11,23 @@ the teacher's *unquantized* embedding. The Lightning glue only has to call
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from PIL import Image
+import torch.distributed as dist
 from torch import Tensor, nn
-from transformers import Dinov2Config, Dinov2Model
 
-from mscg_lightning.errors import MscgError
-from mscg_lightning.stages.dino_rq.crops import EvalTransform
+from mscg_lightning.stages.dino_rq.backbone import (  # noqa: F401 (re-exported)
+    VITS14_CONFIG,
+    backbone_lr_multiplier,
+    build_backbone,
+    post_hoc_embeddings,
+)
 from mscg_lightning.stages.dino_rq.heads import DINOHead
 from mscg_lightning.stages.dino_rq.losses import Centering, DINOLoss, IBOTPatchLoss, koleo_loss
 from mscg_lightning.stages.dino_rq.masking import IBOTMaskSampler
-from mscg_lightning.stages.rq.quantizer import ResidualQuantizer
-
-# ViT-S/14 as trained by DINOv2 (layer scale 1e-5 as in its training recipe); image_size only
-# sets the stored position-embedding grid, other sizes are interpolated.
-VITS14_CONFIG: dict[str, Any] = {
-    "hidden_size": 384,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 6,
-    "patch_size": 14,
-    "image_size": 224,
-    "mlp_ratio": 4,
-    "layerscale_value": 1e-5,
-    "drop_path_rate": 0.0,
-}
-
-
-def build_backbone(
-    name_or_path: str | None = None,
-    config: dict[str, Any] | None = None,
-    local_files_only: bool = False,
-) -> Dinov2Model:
-    """A `transformers.Dinov2Model`: pretrained from an HF id / local dir, or randomly initialised.
-
-    Args:
-        name_or_path: HF model id (e.g. "facebook/dinov2-small") or a local directory; None
-            builds a random ViT-S/14.
-        config: Dinov2Config overrides (e.g. a tiny test model, or `drop_path_rate`).
-        local_files_only: never touch the network when loading.
-    """
-    overrides = dict(config or {})
-    if name_or_path is None:
-        return Dinov2Model(Dinov2Config(**{**VITS14_CONFIG, **overrides}))
-    try:
-        return Dinov2Model.from_pretrained(
-            name_or_path, local_files_only=local_files_only, **overrides
-        )
-    except (OSError, ValueError) as err:
-        raise MscgError(f"Could not load the DINOv2 backbone {name_or_path!r}: {err}") from err
+from mscg_lightning.stages.rq.quantizer import QuantizerOutput, ResidualQuantizer
 
 
 @dataclass
@@ -88,8 +53,18 @@ class RQDinoConfig:
     # batch * 6 crops for 256 codes, so the quantizer's default of 1.0 would restart most codes.
     rq_dead_code_threshold: float = 0.1
     quantize_local_crops: bool = True  # Eq. 4 quantizes every student view
+    quantize: bool = True  # False: plain DINO (no quantizer; e.g. to pretrain for Table 3c)
     # Recent student CLS embeddings of global crops kept for `refit_codebooks` (k-means).
     rq_refit_samples: int = 4096
+    # What the codebook statistics (EMA updates, k-means init and refits) see: clean_global =
+    # the student CLS of global crops without iBOT masking, the views closest to the clean
+    # centre crops whose codes are exported; all_views = every quantized view (masked global
+    # and small local crops; the statistics before issue 18).
+    rq_statistics: Literal["clean_global", "all_views"] = "clean_global"
+    # k-means init on this many clean CLS embeddings gathered over batches (over all ranks);
+    # until then the student head sees the unquantized CLS. None: 10 x rq_codebook_size;
+    # 0: the quantizer's own init on the first batch.
+    rq_init_samples: int | None = None
     student_temp: float = 0.1
     center_momentum: float = 0.9
     centering: Centering = "centering"
@@ -216,16 +191,21 @@ class RQDino(nn.Module):
         # Student: masked global crops and plain local crops.
         s_out = self.student["backbone"](pixel_values=images, bool_masked_pos=masks)
         s_cls = s_out.pooler_output  # [G*B, D], unquantized
+        stats = self._statistics_rows(s_cls.detach(), masks)  # [N', D] or None (all views)
         if self.training:
-            self._remember(s_cls.detach())
+            self._remember(s_cls.detach() if stats is None else stats)
         cls_views = [s_cls]
         if local_images is not None:
             cls_views.append(self.student["backbone"](pixel_values=local_images).pooler_output)
         n_quantized = sum(v.shape[0] for v in (cls_views if cfg.quantize_local_crops else [s_cls]))
         all_cls = torch.cat(cls_views)  # [(G+Lc)*B, D]
-        q = self.quantizer(all_cls[:n_quantized])
-        # Eq. 4: the student head sees the straight-through quantized embedding.
-        head_in = torch.cat([q.quantized, all_cls[n_quantized:]])
+        q = self._quantize(all_cls[:n_quantized], stats)
+        if q is None:  # gathering samples for the k-means init: no quantization yet
+            head_in, commit, codes = all_cls, all_cls.new_zeros(()), None
+        else:
+            # Eq. 4: the student head sees the straight-through quantized embedding.
+            head_in = torch.cat([q.quantized, all_cls[n_quantized:]])
+            commit, codes = q.commit_loss, q.codes[: n_global * batch_size].detach()
         s_logits = self.student["dino_head"](head_in)  # [(G+Lc)*B, K]
         n_g = n_global * batch_size
         s_global = s_logits[:n_g].view(n_global, batch_size, -1)
@@ -249,26 +229,97 @@ class RQDino(nn.Module):
             cfg.dino_weight * dino
             + cfg.ibot_weight * ibot
             + cfg.koleo_weight * koleo
-            + cfg.commit_weight * q.commit_loss
+            + cfg.commit_weight * commit
         )
         return {
             "loss": loss,
             "dino_loss": dino.detach(),
             "ibot_loss": ibot.detach(),
             "koleo_loss": koleo.detach(),
-            "commit_loss": q.commit_loss.detach(),
-            "codes": q.codes[:n_g].detach(),
+            "commit_loss": commit.detach(),
+            "codes": codes,
         }
+
+    @property
+    def init_samples(self) -> int:
+        """CLS embeddings (over all ranks) the k-means init waits for; 0: the first batch."""
+        n = self.config.rq_init_samples
+        return 10 * self.config.rq_codebook_size if n is None else n
+
+    def _statistics_rows(self, s_cls: Tensor, masks: Tensor | None) -> Tensor | None:
+        """The rows `[N', D]` of `s_cls` `[G*B, D]` the codebook statistics see; None: all
+        quantized views (`rq_statistics: all_views`).
+
+        clean_global: the global crops without an iBOT-masked patch. DINOv2 masks about half
+        of the images; a rank whose crops are all masked uses all of them for that step.
+        """
+        if self.config.rq_statistics == "all_views":
+            return None
+        if masks is None:
+            return s_cls
+        clean = ~masks.any(1)
+        return s_cls[clean] if bool(clean.any()) else s_cls
+
+    def _quantize(self, x: Tensor, stats: Tensor | None) -> QuantizerOutput | None:
+        """Quantize x `[N, D]`; in training, update the codebooks from `stats` (None: from x).
+
+        Returns None while the k-means init is still gathering samples (`init_samples`).
+        """
+        quantizer = self.quantizer
+        if not self.config.quantize:
+            return None
+        if self.training and not bool(quantizer.initialized) and self.init_samples > 0:
+            if not self._init_from_samples():
+                return None
+        if not self.training or stats is None:
+            return quantizer(x)  # its own EMA step on x in training
+        with torch.no_grad():
+            quantizer(stats)  # EMA step (and dead-code restarts) on the clean rows only
+        quantizer.train(False)
+        try:
+            return quantizer(x)  # quantized + commitment loss, no second update
+        finally:
+            quantizer.train(True)
+
+    @torch.no_grad()
+    def _init_from_samples(self) -> bool:
+        """k-means init once `init_samples` embeddings are kept over all ranks (every rank
+        calls this at the same steps, so the count's all-reduce and k-means line up)."""
+        kept = self._recent_cls
+        device = self.quantizer.codebooks.device
+        count = torch.tensor(0 if kept is None else kept.shape[0], device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count)
+        if int(count) < self.init_samples:
+            return False
+        self.quantizer.init_codebooks(kept)
+        return True
 
     @torch.no_grad()
     def _remember(self, cls: Tensor) -> None:
-        """Keep the last `rq_refit_samples` global-crop CLS embeddings `[N, D]` (float32)."""
-        keep = self.config.rq_refit_samples
+        """Keep the last `rq_refit_samples` CLS embeddings `[N, D]` (float32) of the rows the
+        statistics see; until the k-means init, at least `init_samples`."""
+        keep = self.config.rq_refit_samples if self.config.quantize else 0
+        if self.config.quantize and not bool(self.quantizer.initialized):
+            keep = max(keep, self.init_samples)
         if keep <= 0:
+            self._recent_cls = None
             return
         cls = cls.float()
         recent = cls if self._recent_cls is None else torch.cat([self._recent_cls, cls])
         self._recent_cls = recent[-keep:]
+
+    @torch.no_grad()
+    def finish_codebooks(self) -> bool:
+        """After training: a k-means init on whatever was gathered if the run ended before
+        `init_samples` were kept (at least one per code needed). Returns True if initialised."""
+        if bool(self.quantizer.initialized) or not self.config.quantize:
+            return True
+        kept = self._recent_cls
+        if kept is None or kept.shape[0] < self.quantizer.codebook_size:
+            return False
+        self.quantizer.init_codebooks(kept)
+        return True
 
     @torch.no_grad()
     def refit_codebooks(self) -> bool:
@@ -305,20 +356,42 @@ class RQDino(nn.Module):
                 self.student[name].weight_v.grad = None
                 self.student[name].weight_g.grad = None
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Student parameters split for AdamW: weight decay on matrices only (DINOv2 practice).
+    def parameter_groups(
+        self, layerwise_decay: float = 1.0, patch_embed_lr_mult: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Student parameters grouped for AdamW by learning-rate and weight-decay multiplier.
 
-        Returns two groups; the second has `weight_decay` 0 (biases, norms, layer scales,
-        tokens, prototype norms). The quantizer has no parameters (EMA buffers).
+        As DINOv2 (`dinov2/utils/param_groups.py`): backbone block ``i`` (0-based) of ``n`` gets
+        ``layerwise_decay ** (n - i)``, the embeddings (patch projection, tokens, positions)
+        ``layerwise_decay ** (n + 1)``, the patch projection also ``patch_embed_lr_mult``; the
+        final norm and the heads 1. Weight decay on matrices only: biases, norms, layer scales,
+        tokens, positions and prototype norms get ``wd_multiplier`` 0. The quantizer has no
+        parameters (EMA buffers).
+
+        Returns:
+            Groups ``{"params", "lr_multiplier", "wd_multiplier"}``, one per distinct pair,
+            first the group of multipliers (1, 1) (possibly empty).
         """
-        decay, no_decay = [], []
-        for name, param in self.student.named_parameters():
-            if not param.requires_grad:
-                continue
-            skip = param.ndim <= 1 or name.endswith(".bias") or "weight_g" in name
-            skip = skip or "token" in name or "position_embeddings" in name
-            (no_decay if skip else decay).append(param)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        n_layers = int(self.student["backbone"].config.num_hidden_layers)
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {(1.0, 1.0): []}
+        for part, module in self.student.items():
+            for name, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                skip = param.ndim <= 1 or name.endswith(".bias") or "weight_g" in name
+                skip = skip or "token" in name or "position_embeddings" in name
+                lr_mult = 1.0
+                if part == "backbone":
+                    lr_mult = backbone_lr_multiplier(
+                        name, n_layers, layerwise_decay, patch_embed_lr_mult
+                    )
+                groups.setdefault((lr_mult, 0.0 if skip else 1.0), []).append(param)
+        # weight_decay 0 set here too, so that a plain AdamW over these groups is right as well
+        return [
+            {"params": params, "lr_multiplier": lr, "wd_multiplier": wd}
+            | ({} if wd else {"weight_decay": 0.0})
+            for (lr, wd), params in groups.items()
+        ]
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
@@ -333,42 +406,3 @@ class RQDino(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Codes `[N, L]` int64 of preprocessed images `[N, 3, S, S]` (no codebook update)."""
         return self.quantizer.encode(self.embed(images))
-
-
-@torch.no_grad()
-def post_hoc_embeddings(
-    backbone: Dinov2Model,
-    images: Sequence[Image.Image] | Tensor,
-    image_size: int = 224,
-    batch_size: int = 64,
-) -> Tensor:
-    """Frozen-backbone CLS embeddings for the post-hoc RQ baseline (paper Table 3c, "DINO").
-
-    Args:
-        backbone: a Dinov2Model (e.g. `build_backbone("facebook/dinov2-small")`).
-        images: PIL images (eval transform applied: resize + centre crop to `image_size`) or an
-            already preprocessed tensor `[N, 3, S, S]`.
-        image_size: side of the centre crop.
-        batch_size: images per forward pass.
-
-    Returns:
-        `[N, D]` float32 CPU tensor.
-    """
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    transform = EvalTransform(image_size)
-    out = []
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            pixels = (
-                chunk if isinstance(chunk, Tensor) else torch.stack([transform(im) for im in chunk])
-            )
-            cls = backbone(pixel_values=pixels.to(device)).pooler_output
-            out.append(cls.float().cpu())
-    finally:
-        backbone.train(was_training)
-    if not out:
-        return torch.zeros(0, int(backbone.config.hidden_size))
-    return torch.cat(out)

@@ -18,12 +18,13 @@ The trainer's ``gradient_clip_val`` is not used: ``clip_grad`` is.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
+from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.dino_rq.losses import Centering
 from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig
 from mscg_lightning.stages.dino_rq.schedules import (
@@ -43,12 +44,26 @@ class RQDinoModule(LightningModule):
     weights (iBOT 1, KoLeo 0.1, commitment 0.01), centering, iBOT mask ratios.
     ``rq_refit_epochs``: epochs (fractional allowed) at which the codebooks are re-initialised
     by residual k-means on the last ``rq_refit_samples`` student CLS embeddings of global crops
-    (``RQDino.refit_codebooks``); None keeps the single k-means init on the first batch.
+    (``RQDino.refit_codebooks``); None keeps the single k-means init.
+    ``rq_statistics``: what the codebooks' EMA updates, k-means init and refits see:
+    ``clean_global`` (default) the student CLS of global crops without iBOT masking, closest to
+    the clean centre crops whose codes are exported; ``all_views`` every quantized view (masked
+    global and small local crops). ``rq_init_samples``: the k-means init waits for this many
+    such embeddings gathered over batches (None: 10 x ``rq_codebook_size``; the student head
+    sees unquantized embeddings meanwhile); 0: init on the first batch. ``quantize: false``
+    trains plain DINO (no quantizer; the pretraining of the Table 3c benchmark).
 
     Optimisation args: ``base_lr`` (for a global batch of 1024, square-root scaled), ``min_lr``,
     ``warmup_epochs``, ``weight_decay`` -> ``weight_decay_end``, ``momentum_teacher``,
     ``teacher_temp`` with its warm-up, ``freeze_last_layer_epochs``, ``clip_grad``. Epoch
     counts may be fractional: they are turned into optimiser steps.
+
+    DINOv2 settings for fine-tuning pretrained weights (``None``: DINOv2's value when
+    ``backbone`` names pretrained weights, off for a randomly initialised backbone):
+    ``layerwise_decay`` (0.9: block i of n trains at ``0.9 ** (n - i)`` of the lr, the
+    embeddings at ``0.9 ** (n + 1)``), ``patch_embed_lr_mult`` (0.2 on the patch projection),
+    ``drop_path_rate`` (0.1, ViT-S; student only, the teacher runs in eval mode; overrides
+    ``backbone_config["drop_path_rate"]``).
     """
 
     def __init__(
@@ -67,7 +82,10 @@ class RQDinoModule(LightningModule):
         rq_dead_code_threshold: float = 0.1,
         rq_refit_epochs: list[float] | None = None,
         rq_refit_samples: int = 4096,
+        rq_statistics: Literal["clean_global", "all_views"] = "clean_global",
+        rq_init_samples: int | None = None,
         quantize_local_crops: bool = True,
+        quantize: bool = True,
         centering: Centering = "centering",
         student_temp: float = 0.1,
         ibot_weight: float = 1.0,
@@ -86,12 +104,21 @@ class RQDinoModule(LightningModule):
         warmup_teacher_temp_epochs: float = 30.0,
         freeze_last_layer_epochs: float = 1.0,
         clip_grad: float = 3.0,
+        layerwise_decay: float | None = None,
+        patch_embed_lr_mult: float | None = None,
+        drop_path_rate: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.layerwise_decay, self.patch_embed_lr_mult, drop_path = pretrained_defaults(
+            backbone is not None, layerwise_decay, patch_embed_lr_mult, drop_path_rate
+        )
+        overrides = dict(backbone_config or {})
+        if drop_path is not None:
+            overrides["drop_path_rate"] = drop_path
         config = RQDinoConfig(
             backbone=backbone,
-            backbone_config=dict(backbone_config or {}),
+            backbone_config=overrides,
             local_files_only=local_files_only,
             n_prototypes=n_prototypes,
             head_hidden_dim=head_hidden_dim,
@@ -104,7 +131,10 @@ class RQDinoModule(LightningModule):
             rq_decay=rq_decay,
             rq_dead_code_threshold=rq_dead_code_threshold,
             rq_refit_samples=rq_refit_samples if rq_refit_epochs else 0,
+            rq_statistics=rq_statistics,
+            rq_init_samples=rq_init_samples,
             quantize_local_crops=quantize_local_crops,
+            quantize=quantize,
             centering=centering,
             student_temp=student_temp,
             ibot_weight=ibot_weight,
@@ -170,9 +200,12 @@ class RQDinoModule(LightningModule):
 
     # -- Lightning hooks -----------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # lr and weight decay are set every step from the schedules (training_step).
-        groups = self.model.parameter_groups()
-        groups[0]["weight_decay"] = self.hparams.weight_decay
+        # lr and weight decay are set every step from the schedules (training_step), times
+        # each group's multipliers (layer-wise decay, patch embedding, no decay on norms).
+        groups = self.model.parameter_groups(self.layerwise_decay, self.patch_embed_lr_mult)
+        for group in groups:
+            group["lr"] = self.hparams.base_lr * group["lr_multiplier"]
+            group["weight_decay"] = self.hparams.weight_decay * group["wd_multiplier"]
         return torch.optim.AdamW(groups, lr=self.hparams.base_lr, betas=(0.9, 0.999))
 
     def on_train_epoch_start(self) -> None:
@@ -187,10 +220,7 @@ class RQDinoModule(LightningModule):
             self._set_peak_lr(batch_size)
         self._step = int(self.global_step)
         sched = self.schedule(self._step)
-        for i, group in enumerate(self.optimizers().optimizer.param_groups):
-            group["lr"] = sched["lr"]
-            if i == 0:  # the second group holds biases and norms: never decayed
-                group["weight_decay"] = sched["weight_decay"]
+        apply_schedule(self.optimizers().optimizer, sched["lr"], sched["weight_decay"])
 
         if self._step in self._refit_steps() and self._refitted_at != self._step:
             # before this step's forward (once per step, also with gradient accumulation)
@@ -208,8 +238,8 @@ class RQDinoModule(LightningModule):
             )
         for name, value in sched.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
-        codes = out["codes"]  # [G*B, L]
-        for level in range(self.levels):
+        codes = out["codes"]  # [G*B, L]; None while the k-means init gathers samples
+        for level in range(self.levels if codes is not None else 0):
             self.code_counts[level] += torch.bincount(
                 codes[:, level], minlength=self.codebook_size
             ).to(self.code_counts.dtype)
@@ -236,6 +266,15 @@ class RQDinoModule(LightningModule):
         # The teacher follows the student after every optimiser step, never by gradient.
         self.model.update_teacher(self.schedule(self._step)["teacher_momentum"])
 
+    def on_train_end(self) -> None:
+        # A run shorter than the k-means init's sample count still exports codes.
+        if not self.model.finish_codebooks():
+            raise MscgError(
+                "dino_rq: training ended before the codebooks could be initialised (fewer clean "
+                f"global crops than model.init_args.rq_codebook_size = {self.codebook_size}); "
+                "train longer or lower model.init_args.rq_init_samples."
+            )
+
     def on_train_epoch_end(self) -> None:
         if self.code_counts is None:
             return
@@ -244,6 +283,39 @@ class RQDinoModule(LightningModule):
             stats = usage_and_perplexity(row)
             self.log(f"codes/usage_level{level + 1}", stats["usage"])
             self.log(f"codes/perplexity_level{level + 1}", stats["perplexity"])
+
+
+# DINOv2's values for runs from pretrained weights (ssl_default_config: layerwise_decay 0.9,
+# patch_embed_lr_mult 0.2; student drop-path 0.1 for ViT-S).
+PRETRAINED_DEFAULTS = {"layerwise_decay": 0.9, "patch_embed_lr_mult": 0.2, "drop_path_rate": 0.1}
+
+
+def pretrained_defaults(
+    pretrained: bool,
+    layerwise_decay: float | None,
+    patch_embed_lr_mult: float | None,
+    drop_path_rate: float | None,
+) -> tuple[float, float, float | None]:
+    """Resolve ``None`` switches: DINOv2's values from pretrained weights, else off.
+
+    Returns (layerwise_decay, patch_embed_lr_mult, drop_path_rate); a ``None`` drop-path rate
+    leaves the backbone config's own.
+    """
+    default = PRETRAINED_DEFAULTS if pretrained else {}
+    return (
+        layerwise_decay if layerwise_decay is not None else default.get("layerwise_decay", 1.0),
+        patch_embed_lr_mult
+        if patch_embed_lr_mult is not None
+        else default.get("patch_embed_lr_mult", 1.0),
+        drop_path_rate if drop_path_rate is not None else default.get("drop_path_rate"),
+    )
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """Set every group's lr and weight decay: the scheduled values times its multipliers."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_multiplier", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_multiplier", 1.0)
 
 
 def usage_and_perplexity(counts: Tensor) -> dict[str, float]:

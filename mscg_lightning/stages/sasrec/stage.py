@@ -7,6 +7,11 @@ Artifact ``<run_dir>/sasrec/``: ``embeddings.parquet`` (the item table without t
 ``metrics.json["test"]`` follows ``model.init_args.mask_history`` (off by default, DESIGN.md
 section 5); ``test_history_masked`` holds the same test with the user's history items masked out
 of the ranking, for comparison with published rows that mask them.
+
+SASRec trains on every prefix of a train sequence (``per_item`` targets) even where
+``prepare`` recorded ``last_item`` targets for GenRec (PixelRec): RecBole's SASRec, the paper's
+baseline and teacher, does. ``sasrec.data.init_args.target_mode: last_item`` trains on the last
+item only instead (see :func:`train_target_mode`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,24 @@ import time
 import numpy as np
 
 from mscg_lightning.artifacts import Manifest, read_manifest, write_embeddings, write_json
+from mscg_lightning.data.datamodule import SequenceDataModule
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
 from mscg_lightning.stages.sasrec.module import SASRecModule
 from mscg_lightning.training import build_stage
 
 MONITOR = "val/ndcg@10"
+
+
+def train_target_mode(data: SequenceDataModule) -> str:
+    """Set and return the SASRec train targets: the configured ones, else ``per_item``.
+
+    ``SequenceDataModule.target_mode`` None would follow ``prepare`` (``last_item`` on PixelRec);
+    SASRec keeps every prefix as a target, as RecBole's SASRec does.
+    """
+    if data.target_mode is None:
+        data.target_mode = "per_item"
+    return data.target_mode
 
 
 def run(ctx: StageContext) -> Manifest:
@@ -43,6 +60,8 @@ def run(ctx: StageContext) -> Manifest:
         raise MscgError(f"sasrec.model must be a SASRecModule, got {type(model).__name__}.")
     if data is None:
         raise MscgError("sasrec.data is not configured: it needs a SequenceDataModule section.")
+    if isinstance(data, SequenceDataModule):
+        train_target_mode(data)
     history = int(getattr(data, "max_history", 0))
     if history > model.hparams.max_len:
         raise MscgError(

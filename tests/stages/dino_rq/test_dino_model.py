@@ -41,6 +41,7 @@ def _config(**overrides) -> RQDinoConfig:
         head_bottleneck_dim=16,
         rq_codebook_size=4,  # 3 x 4 codes cannot reproduce 16 CLS vectors exactly
         rq_dead_code_threshold=0.0,
+        rq_init_samples=0,  # k-means init on the first batch (test_dino_codebook_fit.py: later)
     )
     return RQDinoConfig(**{**base, **overrides})
 
@@ -117,6 +118,8 @@ def test_straight_through_gradient_equals_the_gradient_at_the_quantized_point(mo
     seen = {}
 
     def keep_grad(module, inputs, output):
+        if not inputs[0].requires_grad:  # the no-grad statistics pass (clean global crops)
+            return
         inputs[0].retain_grad()
         output.quantized.retain_grad()
         seen.update(q_in=inputs[0], q_out=output.quantized)
@@ -198,6 +201,7 @@ def test_parameter_groups_cover_the_student_once(model):
     groups = model.parameter_groups()
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.student.parameters()))
+    assert [(g["lr_multiplier"], g["wd_multiplier"]) for g in groups] == [(1.0, 1.0), (1.0, 0.0)]
     assert groups[1]["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in groups[0]["params"])
 
@@ -243,7 +247,8 @@ def test_default_backbone_is_vit_s14():
 
 def test_refit_runs_residual_kmeans_on_the_recent_global_crop_embeddings():
     torch.manual_seed(4)
-    model = RQDino(_config(rq_refit_samples=6)).train()
+    # all_views: every global crop, masked or not (clean_global: test_dino_codebook_fit.py)
+    model = RQDino(_config(rq_refit_samples=6, rq_statistics="all_views")).train()
     assert not model.refit_codebooks()  # nothing remembered yet
     outputs = []
     model.student["backbone"].register_forward_hook(lambda m, i, o: outputs.append(o))

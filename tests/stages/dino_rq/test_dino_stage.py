@@ -77,6 +77,7 @@ def _tiny_module(**overrides) -> RQDinoModule:
         rq_levels=3,
         rq_codebook_size=4,
         rq_dead_code_threshold=0.0,
+        rq_init_samples=0,  # k-means init on the first batch (test_dino_codebook_fit.py: later)
         freeze_last_layer_epochs=0,
         warmup_epochs=0,
     )
@@ -246,7 +247,9 @@ def test_without_ibot_every_trainable_parameter_gets_a_gradient(tmp_path):
 
 def test_codebooks_are_refitted_once_at_the_configured_steps(tmp_path, monkeypatch):
     # 12 images / batch 4 = 3 steps per epoch: epochs 1.0 and 1.34 are steps 3 and 4
-    module = _tiny_module(rq_refit_epochs=[1.0, 1.34, 0.0], rq_refit_samples=32)
+    module = _tiny_module(
+        rq_refit_epochs=[1.0, 1.34, 0.0], rq_refit_samples=32, rq_statistics="all_views"
+    )
     calls: list[tuple[int, int]] = []
     refit = module.model.refit_codebooks
 

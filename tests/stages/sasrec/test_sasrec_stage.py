@@ -11,10 +11,11 @@ from jsonargparse import Namespace
 
 from mscg_lightning.artifacts import Manifest, read_embeddings, read_manifest, write_shards
 from mscg_lightning.config import stage_parser
+from mscg_lightning.data.datamodule import SequenceDataModule
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext, run_stage
 from mscg_lightning.stages.sasrec.module import SASRecModule
-from mscg_lightning.stages.sasrec.stage import run
+from mscg_lightning.stages.sasrec.stage import run, train_target_mode
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def write_prepared(root: Path, sequences: list[list[int]], num_items: int, max_history: int = 20):
+def write_prepared(
+    root: Path,
+    sequences: list[list[int]],
+    num_items: int,
+    max_history: int = 20,
+    target_mode: str = "per_item",
+):
     """A prepared/ artifact (ARCHITECTURE.md) with leave-one-out splits of ``sequences``."""
     lists = pa.list_(pa.int32())
     users = pa.array(range(len(sequences)), pa.int32())
@@ -62,7 +69,7 @@ def write_prepared(root: Path, sequences: list[list[int]], num_items: int, max_h
             "num_items": num_items,
             "num_users": len(sequences),
             "max_history": max_history,
-            "target_mode": "per_item",
+            "target_mode": target_mode,
         },
     ).write(root)
 
@@ -219,3 +226,20 @@ def test_window_loss_weighs_every_target_equally():
         {"history": history[1:], "targets": targets[1:], "loss_norm": torch.tensor(12.0)}, 0
     )
     assert (short + long).item() == pytest.approx(summed.item(), rel=1e-5)
+
+
+def test_sasrec_trains_on_every_prefix_of_last_item_data(tmp_path):
+    """PixelRec-style prepared data (last_item targets): SASRec still trains on every prefix."""
+    sequences = successor_sequences(16, 12)
+    write_prepared(tmp_path / "prepare", sequences, 12, 10, target_mode="last_item")
+    data = SequenceDataModule(prepared_dir=str(tmp_path / "prepare"), max_history=10)
+    assert train_target_mode(data) == "per_item"
+    data.setup()
+    assert len(data.datasets["train"]) == sum(len(s) - 3 for s in sequences)  # every prefix
+    explicit = SequenceDataModule(prepared_dir=str(tmp_path / "prepare"), target_mode="last_item")
+    assert train_target_mode(explicit) == "last_item"
+    explicit.setup()
+    assert len(explicit.datasets["train"]) == len(sequences)
+    # The stage itself: windows need per_item targets, which it now defaults to.
+    manifest = run_stage(context(tmp_path, section(max_epochs=1)))
+    assert manifest.rows == {"items": 12}

@@ -8,7 +8,8 @@
     mscg fit --config X.yaml --print_config           # the resolved chain config
     mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
 
-Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 anything else.
+Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 130 interrupted
+(Ctrl-C: rerunning the command resumes), 1 anything else.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ COMMANDS = {
 }
 
 
+#: ``mscg predict --user_histories``: the schema, checked before ranking (data/validate.py).
+USER_HISTORIES_HELP = (
+    "Parquet file with a column 'history': one list of raw item ids (integers or strings, "
+    "oldest first) per user; other columns (e.g. user_id) are copied to the output. Unknown "
+    "ids are skipped and counted; users with no known item are ranked from an empty history "
+    "and flagged in the output column cold_start. A history that is a string or a single "
+    "integer is refused."
+)
+
+
 def _usage() -> str:
     lines = ["usage: mscg COMMAND --config CHAIN.yaml [options]", "", "commands:"]
     lines += [f"  {name:<12} {text}" for name, text in COMMANDS.items()]
@@ -50,7 +61,7 @@ def _parser(command: str):
     if command == "attribute":
         parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
     if command == "predict":
-        parser.add_argument("--user_histories", type=str, required=True)
+        parser.add_argument("--user_histories", type=str, required=True, help=USER_HISTORIES_HELP)
         parser.add_argument("--output", type=str, default=None)
         parser.add_argument("--top_k", type=int, default=10)
     return parser
@@ -75,14 +86,19 @@ def main(args: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     from mscg_lightning.artifacts import is_rank_zero
+    from mscg_lightning.storage import call_guarded
 
-    try:
+    def body() -> int:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # The resolved chain config of the latest command, next to the results (rank 0 only).
         if is_rank_zero():
             parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
         return _run(command, config)
+
+    try:
+        # Ctrl-C: one line, exit 130; disk full / read-only run dir: one sentence (storage.py)
+        return call_guarded(body, config.run_dir)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2

@@ -238,6 +238,10 @@ def stage_status(config: Namespace, name: str, run_dir: Path) -> tuple[bool, Sta
     except MscgError:
         return False, ctx
     fresh = current.config_hash == ctx.config_hash and current.inputs == ctx.input_hashes
+    if fresh and name == "prepare":  # raw files edited in place (data/fingerprints.py)
+        from mscg_lightning.data.fingerprints import unchanged
+
+        fresh = unchanged(target)
     return fresh, ctx
 
 

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
+from mscg_lightning.data.validate import check_utf8
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ def read_jsonl(path: Path, schema: pa.Schema) -> pa.Table:
         if hint and "changed from" in str(err):
             raise MscgError(f"{path}{hint} holds a value of the wrong type ({err}).") from err
         raise MscgError(f"{path} is not valid JSON Lines: truncated or corrupt ({err}).") from err
+    check_utf8(table, path)  # pyarrow keeps invalid bytes in strings (validate.py)
     if table.num_rows == 0:
         raise MscgError(f"{path} is empty.")
     return table

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscg_lightning.artifacts import Manifest, write_json, write_shards
-from mscg_lightning.data import given_embeddings, placeholders
+from mscg_lightning.data import given_embeddings, placeholders, validate
 from mscg_lightning.data.adapters import ADAPTERS, RawData
 from mscg_lightning.errors import MscgError
 
@@ -81,6 +81,10 @@ class PrepareConfig:
             embedding or codes instead of failing.
         given_codes: {name: file} code files (JSON {item: ["<a_1>", ...]}) stored as
             codes_<name>; null: the layout's default (amazon2018: <dataset>.index_*.json).
+            Only the amazon2014 and amazon2018 layouts read code files; others refuse it.
+        given_codebook_size: Size of the codebooks of the given codes: every code must lie in
+            0..size-1 (checked by prepare, naming file, item and level); null checks only
+            that codes are not negative.
         given_embeddings: {name: file} item embeddings stored as emb_<name> (pass them on with
             text_embed.given / image_embed.given: <name>); files relative to the dataset folder.
             Any layout: a .parquet (columns item_id, embedding: list of floats) or a .npy
@@ -110,6 +114,7 @@ class PrepareConfig:
     on_unknown_items: Literal["error", "drop"] = "error"
     allow_items_without_content: bool = False
     given_codes: dict[str, str] | None = None
+    given_codebook_size: int | None = None
     given_embeddings: dict[str, str] | None = None
     interactions_file: str | None = None
     items_file: str | None = None
@@ -143,6 +148,7 @@ class PrepareConfig:
                 f"{self.placeholder_max_titles}."
             )
         placeholders.normalise_hashes(self.placeholder_hashes)
+        validate.check_config(self)  # given codes: layouts that read them, codebook size
 
     def image_protocol(self) -> tuple[bool, str]:
         """(dedup_images, placeholder_images) with nulls resolved by the layout's protocol."""
@@ -306,6 +312,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     # --- given embedding files keyed by raw item id (given_embeddings.py) ---
     adapter_files, id_files = given_embeddings.split_files(cfg.adapter, cfg.given_embeddings)
     raw: RawData = ADAPTERS[cfg.adapter](replace(cfg, given_embeddings=adapter_files), folder)
+    validate.check_raw(cfg, raw, folder)  # codes in range, finite features, split files agree
     raw.items, given_files = given_embeddings.add_given_embeddings(raw.items, id_files, folder)
     raw.source_files += [
         p for e in given_files.values() for p in given_embeddings.files_of(Path(e["path"]))

@@ -264,6 +264,9 @@ def run_chain(
             raise MscgError(f"unknown stage '{name}'; the stages are: {', '.join(CHAIN_ORDER)}.")
         if not is_enabled(config, name):
             raise MscgError(f"stage '{name}' has no section in the config, so it cannot run.")
+    from mscg_lightning.data.validate import check_prepare_section
+
+    check_prepare_section(config)  # e.g. given_codes on a layout that reads none: fail first
     timings: dict[str, float] = {}
     for name in [s for s in CHAIN_ORDER if s in wanted]:
         fresh, ctx = stage_status(config, name, run_dir)

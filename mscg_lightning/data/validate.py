@@ -303,3 +303,19 @@ def encode_user_histories(
         f"{int(cold_start.sum())} cold-start users (no known item; column cold_start)"
     )
     return histories, cold_start, summary
+
+
+def check_prepare_section(config: object) -> None:
+    """``PrepareConfig.validate`` of a parsed chain config's ``prepare`` section, so that a bad
+    prepare setting fails before any stage runs (also when prepare itself is up to date)."""
+    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.pipeline import _plain, section_of
+
+    section = section_of(config, "prepare")  # type: ignore[arg-type]
+    if section is None:
+        return
+    try:
+        cfg = PrepareConfig(**_plain(section))
+    except TypeError as err:  # the parser knows every key; a hand-built Namespace may not
+        raise MscgError(f"the prepare section is not valid ({err}).") from err
+    cfg.validate()

@@ -58,7 +58,8 @@ def describe_write_error(err: BaseException, run_dir: str | Path | None = None) 
             cause = "a file write failed (is the disk full?)"
     if cause is None:
         return None
-    where = getattr(err, "filename", None) or run_dir
+    # a copy or rename names its destination second (fsspec's atomic save: /tmp/x -> run dir)
+    where = getattr(err, "filename2", None) or getattr(err, "filename", None) or run_dir
     place = f" {where}" if where else ""
     if "permission" in cause:  # reading an input can fail so too: no "write" in the sentence
         return f"cannot access{place}: {cause}; fix its permissions or choose another --run_dir."
@@ -78,7 +79,16 @@ def load_checkpoint(path: str | Path, *, redo: str = "") -> dict[str, Any]:
     hint = f"; rerun `{redo}` to make it anew" if redo else ""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except PermissionError:
+        raise  # said by describe_write_error: "cannot access ...: permission is denied"
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,  # a truncated zip makes torch's reader fail with EINVAL
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as err:
         raise MscgError(
             f"the checkpoint {path} is truncated or corrupt ({_first_line(err)}){hint}."
         ) from err

@@ -137,11 +137,13 @@ def stale_reason(artifact: Path) -> str | None:
             removed = sorted(set(names) - set(now_names))
             what = f"added {added[0]!r}" if added else f"removed {removed[0]!r}"
             return f"the input folder {folder} changed ({what})"
-    if touched:  # same content, new mtime: remember it so the next check is a stat again
-        try:
-            path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    if touched and is_rank_zero():  # same content, new mtime: the next check is a stat again
+        tmp = path.with_name(f".{RECORD}.tmp")
+        try:  # atomic: other DDP ranks may be reading the record right now
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
         except OSError:
-            pass
+            pass  # a read-only run directory: hash the touched files again next time
     return None
 
 

@@ -155,11 +155,19 @@ def _report(args: Sequence[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     run_dir = Path(opts.run_dir)
+    from mscg_lightning.storage import describe_write_error
+
     try:
         out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
         text = metrics_report(run_dir, missing_ok=True)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the PNG's folder is read-only or full (storage.py)
+        message = describe_write_error(err, opts.out or run_dir)
+        if message is None:
+            raise
+        print(f"mscg: error: {message}", file=sys.stderr)
         return 2
     curves = "; ".join(f"{stage}: {', '.join(tags)}" for stage, tags in drawn.items() if tags)
     print(f"[mscg] report: {out} ({curves})")

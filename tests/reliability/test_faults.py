@@ -138,6 +138,22 @@ def test_read_only_run_dir_is_one_sentence(tmp_path, monkeypatch, mscg, rel):
     assert not (tmp_path / "ro").exists()
 
 
+def test_report_into_a_read_only_folder_is_one_sentence(trained_run, tmp_path, monkeypatch, mscg):
+    pytest.importorskip("matplotlib")
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    result = mscg("report", "--run_dir", trained_run, "--out", tmp_path / "ro" / "r.png")
+    monkeypatch.undo()
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert f"cannot write {tmp_path / 'ro'}: the file system is read-only" in result.err
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:

@@ -37,9 +37,11 @@ def content_hash(path: Path) -> str:
 
 
 def listing(folder: Path) -> list[str]:
-    """Sorted names of the entries of ``folder`` (hidden ones excluded); [] when it is absent."""
+    """Sorted names of the files in ``folder`` (hidden ones and folders excluded: a run directory
+    kept inside the data folder must not make prepare stale); [] when it is absent."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if not e.name.startswith("."))
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
     except OSError:
         return []
 

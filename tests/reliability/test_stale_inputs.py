@@ -74,6 +74,9 @@ def test_edited_inputs_rerun_prepare_and_the_stages_after_it(tmp_path, data, msc
     raw[0:4] = b"\x00\x00\x80\x3f"  # 1.0f
     feat.write_bytes(bytes(raw))
     assert statuses(fit(mscg, rel, tmp_path, data).out)["prepare"] == "running"
+    # a run directory kept inside the data folder: not an input
+    mscg("prepare", *rel.tiny_args(folder / "runs" / "x", "--data_root", data))
+    assert set(statuses(fit(mscg, rel, tmp_path, data).out).values()) == {"up to date"}
     # a file added to the dataset folder (a layout may glob it): prepare reruns
     (folder / "Tiny.extra.txt").write_text("new\n")
     result = fit(mscg, rel, tmp_path, data)

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
-from mscg_lightning.data.validate import check_utf8
+from mscg_lightning.data.validate import check_utf8, raise_not_utf8
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
@@ -332,11 +332,14 @@ def read_delimited(
             raise MscgError(f"{path} has no column '{m.group(1)}'.") from err
         if "include_columns" in text:
             raise MscgError(f"{path} lacks one of the columns {include} ({text}).") from err
+        if "invalid UTF8" in text:
+            raise_not_utf8(path)  # names the line (validate.py)
         names = header or _header_names(path, delimiter)
         hint = _arrow_column_hint(err, names)
         raise MscgError(f"{path}{hint} holds a value of the wrong type ({text}).") from err
     if dropped is not None and bad_rows:
         dropped["malformed_row"] = dropped.get("malformed_row", 0) + len(bad_rows)
+    check_utf8(table, path)  # a column with invalid bytes reads as binary (validate.py)
     return table
 
 

@@ -218,15 +218,30 @@ def _same_users(a: np.ndarray, a_path: Path, b: np.ndarray, b_path: Path) -> Non
 
 
 def check_utf8(table: pa.Table, path: Path) -> None:
-    """Raise, naming the line, when a string of ``table`` (read from ``path``) is not UTF-8."""
-    try:
-        table.validate(full=True)
-        return
-    except pa.ArrowInvalid:
-        pass
+    """Raise, naming the line, when a string of ``table`` (read from ``path``) is not UTF-8.
+
+    pyarrow's JSON reader keeps invalid bytes in string columns, and its CSV reader turns a
+    column with invalid bytes into a binary one (a text file has no binary columns).
+    """
+    binary = [
+        f.name
+        for f in table.schema
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+    ]
+    if not binary:
+        try:
+            table.validate(full=True)
+            return
+        except pa.ArrowInvalid:
+            pass
+    raise_not_utf8(path, f" (column '{binary[0]}')" if binary else "")
+
+
+def raise_not_utf8(path: Path, column: str = "") -> None:
+    """The MscgError of a text file that is not UTF-8, naming the first bad line."""
     line, offset = first_non_utf8_line(path)
-    where = f"line {line} (byte {offset} of that line)" if line else "somewhere"
-    raise MscgError(f"{path} is not UTF-8 text at {where}: convert the file to UTF-8.")
+    where = f" at line {line} (byte {offset} of that line)" if line else ""
+    raise MscgError(f"{path} is not UTF-8 text{where}{column}: convert the file to UTF-8.")
 
 
 def first_non_utf8_line(path: Path) -> tuple[int, int]:

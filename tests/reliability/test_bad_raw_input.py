@@ -256,6 +256,35 @@ def no_dataset_folder(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
+def latin1(file: str, line: int) -> Mutate:
+    """Write 'Item' of line ``line`` (1-based) of a text file as Latin-1 'It\\xe9m'."""
+
+    def mutate(folder: Path) -> None:
+        lines = (folder / file).read_bytes().split(b"\n")
+        lines[line - 1] = lines[line - 1].replace(b"Item", b"It\xe9m", 1)
+        (folder / file).write_bytes(b"\n".join(lines))
+
+    return mutate
+
+
+# non-UTF-8 text in the delimited layouts (pyarrow: a conversion error, or a binary column)
+CASES += [
+    (
+        f"{layout}-text-not-utf8",
+        layout,
+        latin1(file, 4),
+        [],
+        2,
+        f"{file} is not UTF-8 text at line 4",
+    )
+    for layout, file in (
+        ("recbole", "tiny.item"),
+        ("pixelrec", "item_info/Pixel200K.csv"),
+        ("unisrec", "Scientific.text"),
+        ("amazon2014", "items_joined.tsv"),
+    )
+]
+
 # every layout: a dataset folder that is not there (removed after the fixture was made)
 CASES += [
     (f"{layout}-no-dataset-folder", layout, no_dataset_folder, [], 2, "does not exist")

@@ -111,7 +111,9 @@ class BBQTokenizer(nn.Module):
         self.behaviour = nn.ModuleDict(
             {m: _mlp([d, *hidden, latent_dim]) for m, d in content_dims.items()}
         )
-        self.specific = nn.ModuleDict({m: _mlp([d, *hidden, spec]) for m, d in content_dims.items()})
+        self.specific = nn.ModuleDict(
+            {m: _mlp([d, *hidden, spec]) for m, d in content_dims.items()}
+        )
         self.decoders = nn.ModuleDict(
             {m: _mlp([latent_dim + spec, *reversed(hidden), d]) for m, d in content_dims.items()}
         )

@@ -165,6 +165,9 @@ def run(ctx: StageContext) -> Manifest | None:
     diagnostics = {
         "collision_rates": collision_report(codes_np, signals),
         "triple_collision_size": int(full[:, -1].max()) + 1,
+        "per_signal_levels": {
+            s: code_diagnostics(codes_np[:, i], k)["per_level"] for i, s in enumerate(signals)
+        },
         "shared_codebook": bool(model.hparams.shared_codebook),
         "val_exported": final_val,
         "best_checkpoint": best,

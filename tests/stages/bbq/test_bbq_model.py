@@ -8,7 +8,9 @@ from mscg_lightning.stages.bbq.model import BBQTokenizer
 
 def _model(**kwargs) -> BBQTokenizer:
     torch.manual_seed(0)
-    args = dict(latent_dim=4, hidden_dims=[8], levels=2, codebook_size=3, seq_inner=8)
+    args = dict(
+        latent_dim=4, hidden_dims=[8], levels=2, codebook_size=3, seq_inner=8, dead_code_threshold=0
+    )
     model = BBQTokenizer(20, {"text": 6, "image": 5}, **{**args, **kwargs})
     model.set_features("text", torch.arange(20), torch.randn(20, 6))
     model.set_features("image", torch.arange(15), torch.randn(15, 5))  # items 15.. lack images
@@ -48,7 +50,7 @@ def test_rec_loss_equals_per_position_infonce_loop():
 
 def test_total_loss_follows_beta_gamma_and_the_terms():
     history, targets = _batch()
-    model = _model(beta=0.5, gamma=2.0, recon_weight=3.0).train()
+    model = _model(beta=0.5, gamma=2.0, recon_weight=3.0, mim_clamp=False).train()
     out = model(history, targets)
     loss = out.losses
     total = 3.0 * loss["recon"] + loss["rq"] + 0.5 * loss["rec"] + 2.0 * loss["mim"]
@@ -71,10 +73,9 @@ def test_without_l_rec_the_sequence_encoder_gets_no_gradient():
 
 def test_mim_clamp_keeps_a_negative_estimate_out_of_the_loss():
     history, targets = _batch()
-    model = _model(mim_clamp=True, gamma=1.0).train()
-    out = model(history, targets)
-    clamped = sum(out.losses[f"mim_{m}"].clamp(min=0) for m in ("text", "image"))
-    assert torch.allclose(out.losses["mim"], clamped)
+    out = _model(gamma=1.0).train()(history, targets)  # mim_clamp is on by default
+    raw = [out.losses[f"mim_{m}"] for m in ("text", "image")]
+    assert torch.allclose(out.losses["mim"], sum(r.clamp(min=0) for r in raw))
 
 
 def test_missing_image_items_are_left_out_of_the_reconstruction():

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mscg_lightning.errors import MscgError
@@ -175,8 +174,3 @@ class SharedResidualQuantizer(nn.Module):
             t = self.table_of(s)
             out.append(sum(self.codebooks[t, lv][codes[:, s, lv]] for lv in range(self.levels)))
         return torch.stack(out, 1)
-
-
-def mse(a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared error per row: [N, D] x [N, D] -> [N]."""
-    return F.mse_loss(a, b, reduction="none").mean(-1)

@@ -2,7 +2,8 @@
 
 Each training step runs CLUB's prescribed alternation (paper silent, ``club_steps`` switch):
 first q_θ of every modality takes ``club_steps`` Adam steps maximising its log-likelihood on the
-batch's detached (z, z̄) pairs, then the tokenizer takes one step on the total loss with q_θ
+batch's detached (z, z̄) pairs (also without L_MIM, ``gamma=0``, so that the estimate remains a
+diagnostic), then the tokenizer takes one step on the total loss with q_θ
 fixed (its gradients from that loss are discarded). Validation ranks the whole catalogue by
 cos(h, v) with the internal SASRec encoder (``val/recall@10``, the diagnostic the issue asks
 for); the CLUB estimate per epoch is kept in :attr:`BBQModule.mim_history`.
@@ -103,7 +104,7 @@ class BBQModule(L.LightningModule):
         )
         self.ks = tuple(int(k) for k in ks)
         self.val_metrics = RetrievalMetrics(self.ks)
-        #: Mean CLUB estimate (L_MIM, all modalities) per training epoch.
+        #: Mean CLUB estimate (unclamped, summed over modalities) per training epoch.
         self.mim_history: list[float] = []
         #: Validation metrics per epoch (``recall@10``...).
         self.val_history: list[dict[str, float]] = []
@@ -123,7 +124,7 @@ class BBQModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         main_opt, club_opt = self.optimizers()
         history, targets = trim_left_padding(batch["history"], batch["targets"])
-        if self.model.gamma > 0 and self.hparams.club_steps > 0:
+        if self.hparams.club_steps > 0:  # also at gamma 0: the estimate stays a diagnostic
             with torch.no_grad():  # the latents do not change during q_θ's steps
                 items = torch.unique(torch.cat([history.flatten(), targets.flatten()]))
                 z, specific = self.model.latents(items[items >= 0])
@@ -145,7 +146,7 @@ class BBQModule(L.LightningModule):
         for name, value in out.losses.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=n)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self._mim_sum += float(out.losses["mim"].detach())
+        self._mim_sum += sum(float(out.losses[f"mim_{m}"]) for m in self.model.modalities)
         self._mim_batches += 1
         return out.loss.detach()
 

@@ -12,6 +12,9 @@ internal SASRec encoder's validation R@10 / NDCG@10 (the exported, best-R@10 wei
 estimate of the last epoch, and the wall time. Variants: ``bbq`` (full), ``no_mim`` (gamma 0),
 ``no_rec`` (beta 0), ``no_shared`` (one codebook per signal).
 
+About 4 min per variant and seed at 6 epochs on Scientific on a loaded 2-core CPU: run the
+full grid on a GPU (``--accelerator gpu``) or one variant / seed at a time.
+
 Writes ``benchmarks/results/bbq_tokenizer_<name>.json`` (``variants.<name>.test.<metric>``
 with mean and a t-interval over seeds). Not the generator comparison of the BBQRec issue: that
 needs the genrec hooks (triple embedding, similarity attention).

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mscg_lightning.data.datamodule import trim_left_padding
+
 
 def similarity_buckets(
     vectors: Tensor, query_items: Tensor, key_items: Tensor, num_buckets: int = 100
@@ -39,6 +41,27 @@ def similarity_buckets(
     buckets = torch.round((cos + 1.0) / 2.0 * num_buckets).long()
     none = (query_items < 0)[:, :, None] | (key_items < 0)[:, None, :]
     return buckets.masked_fill(none, num_buckets + 1)
+
+
+def token_items(history: Tensor, tokens_per_item: int) -> Tensor:
+    """The item_idx of every encoder token, as ``HistoryTokenizer`` lays histories out.
+
+    history: [B, H] item_idx, -1 = padding anywhere (chronological order of the valid ones).
+    Returns [B, S] with S = H' * tokens_per_item (H' = longest valid history, at least 1), -1 at
+    padding tokens: valid items right-aligned, each repeated for its tokens.
+    """
+    valid = history >= 0
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
+    (aligned,) = trim_left_padding(history.gather(1, order))
+    return aligned.repeat_interleave(tokens_per_item, dim=1)
+
+
+def encoder_buckets(
+    vectors: Tensor, history: Tensor, tokens_per_item: int, num_buckets: int = 100
+) -> Tensor:
+    """Buckets [B, S, S] of the encoder self-attention of histories [B, H] (see above)."""
+    items = token_items(history, tokens_per_item)
+    return similarity_buckets(vectors, items, items, num_buckets)
 
 
 class SimilarityAttention(nn.Module):

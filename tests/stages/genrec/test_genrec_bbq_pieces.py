@@ -8,9 +8,12 @@ from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.bbq.triples import compact_vocabulary, join_triples
 from mscg_lightning.stages.genrec.similarity_attention import (
     SimilarityAttention,
+    encoder_buckets,
     similarity_attention_reference,
     similarity_buckets,
+    token_items,
 )
+from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
 from mscg_lightning.stages.genrec.triple_embedding import TripleEmbedding
 
 
@@ -95,3 +98,22 @@ def test_full_vocabulary_and_inherited_codebooks():
     assert torch.equal(summed.codes[:, 0], books[0]) and torch.equal(summed.codes[:, 1], books[0])
     with pytest.raises(MscgError, match="latent_dim"):
         summed.inherit_codebooks(torch.randn(1, 2, 4, 8))
+
+
+def test_token_items_follow_the_history_tokenizer_layout():
+    layout = TokenLayout(["text"], [[4, 4, 3]], "text")
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 3, (6, 1, 3), generator=g)
+    tokenizer = HistoryTokenizer(layout, codes, torch.ones(6, 1, dtype=torch.bool))
+    history = torch.tensor([[-1, 2, -1, 5], [1, 0, 3, 4], [-1, -1, -1, 3]])
+    enc = tokenizer(history)
+    items = token_items(history, layout.tokens_per_item)
+    assert items.shape == enc.input_ids.shape
+    assert torch.equal(items >= 0, enc.attention_mask)
+    rows, cols = enc.attention_mask.nonzero(as_tuple=True)
+    assert torch.equal(
+        tokenizer.item_tokens[items[rows, cols], cols % 3], enc.input_ids[rows, cols]
+    )
+    buckets = encoder_buckets(torch.randn(6, 4), history, layout.tokens_per_item, 10)
+    assert buckets.shape == (3, items.shape[1], items.shape[1])
+    assert (buckets[~enc.attention_mask] == 11).all()

@@ -11,8 +11,10 @@ from plain attention; ``init="paper"`` draws U(0, 0.01) as the paper does for al
 Only the encoder's self-attention uses it: the decoder (and its KV-cached beam search) attends
 to the encoder output as before, so cached decoding needs no change.
 
-Memory: the gathered e is [B, Q, K, H, dk] per query chunk (``chunk``); under autograd the
-chunks are kept for the backward pass, so long histories want activation checkpointing.
+Memory: :meth:`SimilarityAttention.forward` (any token layout) gathers e as [B, Q, K, H, dk] per
+query chunk, all kept for the backward pass; :meth:`SimilarityAttention.forward_grouped` (the
+encoder's runs of T tokens per item) needs only [B, H, S, J, dk] and [B, J, J, H, dk], about T
+times less: the one to wire into the encoder.
 """
 
 from __future__ import annotations
@@ -123,6 +125,38 @@ class SimilarityAttention(nn.Module):
             e = self.bucket_vectors(buckets[:, s : s + step]).to(v.dtype)  # [B, q, K, H, dk]
             out.append((a * e * values).sum(2))  # [B, q, H, dk]
         return torch.cat(out, 1).permute(0, 2, 1, 3)
+
+    def forward_grouped(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        bias: Tensor,
+        item_buckets: Tensor,
+        tokens_per_item: int,
+        dropout: float = 0.0,
+        scale: float = 1.0,
+    ) -> Tensor:
+        """:meth:`forward` for the encoder's layout, about ``tokens_per_item`` times leaner.
+
+        Tokens come in runs of T = ``tokens_per_item`` per item (S = J * T, as
+        :func:`token_items`), so a bucket depends only on the item pair: ``item_buckets``
+        [B, J, J] (``similarity_buckets`` of the J items). The attention-weighted values are
+        first summed per key item ([B, H, S, J, dk]), then scaled by e and summed over items;
+        no [B, S, S, H, dk] tensor is formed. Returns [B, H, S, dk].
+        """
+        scores = (q @ k.transpose(-1, -2)) * scale + bias.to(q.dtype)
+        attn = F.dropout(scores.softmax(-1).nan_to_num(0.0), p=dropout, training=dropout > 0)
+        b, h, s, dk = v.shape
+        j, t = s // tokens_per_item, tokens_per_item
+        if j * t != s or item_buckets.shape[-1] != j:
+            raise ValueError(f"{s} tokens are not {item_buckets.shape[-1]} items x {t} tokens")
+        per_item = torch.einsum(
+            "bhsjt,bhjtd->bhsjd", attn.view(b, h, s, j, t), v.view(b, h, j, t, dk)
+        )
+        e = self.bucket_vectors(item_buckets).to(v.dtype)  # [B, J(query item), J, H, dk]
+        out = torch.einsum("bhitjd,bijhd->bhitd", per_item.view(b, h, j, t, j, dk), e)
+        return out.reshape(b, h, s, dk)
 
 
 def similarity_attention_reference(

@@ -117,3 +117,17 @@ def test_token_items_follow_the_history_tokenizer_layout():
     buckets = encoder_buckets(torch.randn(6, 4), history, layout.tokens_per_item, 10)
     assert buckets.shape == (3, items.shape[1], items.shape[1])
     assert (buckets[~enc.attention_mask] == 11).all()
+
+
+def test_grouped_form_equals_the_token_level_form():
+    q, k, v = _qkv(b=2, h=2, n=6, dk=3)  # 3 items x 2 tokens
+    bias = torch.randn(1, 2, 6, 6)
+    bias[..., :2] = float("-inf")  # the first item is padding
+    attention = SimilarityAttention(2, 3, num_buckets=5)
+    with torch.no_grad():
+        attention.table.normal_()
+    items = torch.tensor([[-1, 0, 1], [2, 3, 0]])
+    item_buckets = similarity_buckets(torch.randn(4, 5), items, items, num_buckets=5)
+    token_buckets = item_buckets.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    grouped = attention.forward_grouped(q, k, v, bias, item_buckets, 2)
+    assert torch.allclose(grouped, attention(q, k, v, bias, token_buckets), atol=1e-5)

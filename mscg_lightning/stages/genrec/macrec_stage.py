@@ -56,9 +56,7 @@ def load_codes(
         if not source:
             raise MscgError(
                 f"stage '{ctx.name}' has no '{role}' codes input: set inputs.{role} "
-                "(e.g. rq_xmodal:{role}, rq_{role} or prepare:codes_<name>).".replace(
-                    "{role}", role
-                )
+                f"(e.g. rq_xmodal:{role}, rq_{role} or prepare:codes_<name>)."
             )
         source = str(source)
         name, _, part = source.partition(":")

@@ -16,7 +16,8 @@ artifacts (or the same given codes) with the same tasks and ``implicit_weight`` 
 
 Artifact: ``metrics.json`` (as genrec's), ``predictions.parquet`` (user_idx, items, scores),
 ``test_ranks.parquet`` (user_idx, target, rank: 0-based position of the target in the ranked
-list, -1 = not in the top K), ``model.ckpt``, ``config.yaml``.
+list, -1 = not in the top K; schema metadata ``list_length`` = K), ``model.ckpt``,
+``config.yaml``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ def load_codes(
     if role in ctx.inputs:
         path, source = Path(ctx.inputs[role]), str(ctx.inputs[role])
     else:
+        # the stage graph records each slot's spec in ctx.sources (a prepare column has no
+        # path); a section of its own may name them under inputs
         specs = ctx.section.get("inputs") if hasattr(ctx.section, "get") else None
-        source = (specs or {}).get(role) if specs is not None else None
+        source = getattr(ctx, "sources", {}).get(role) or (specs or {}).get(role)
         if not source:
             raise MscgError(
                 f"stage '{ctx.name}' has no '{role}' codes input: set inputs.{role} "
@@ -189,4 +192,6 @@ def write_test_ranks(path: Path, predictions: list, targets: list) -> None:
             "rank": pa.array(ranks_np.astype(np.int32), type=pa.int32()),
         }
     )
-    pq.write_table(table, path)
+    # the ranked list length K, as the comparison table reads it
+    width = predictions[0][1].shape[1] if predictions else 0
+    pq.write_table(table.replace_schema_metadata({"list_length": str(int(width))}), path)

@@ -92,7 +92,9 @@ def test_stage_fits_tests_and_writes_genrec_outputs(tmp_path, prepared):
     metrics = json.loads((out / "metrics.json").read_text())
     users = int(metrics["test"]["num_users"]["mean"])
     assert users == manifest.rows["test_users"] > 0
-    ranks = pq.read_table(out / "test_ranks.parquet").to_pydict()
+    ranks_table = pq.read_table(out / "test_ranks.parquet")
+    assert ranks_table.schema.metadata[b"list_length"] == b"10"
+    ranks = ranks_table.to_pydict()
     preds = pq.read_table(out / "predictions.parquet").to_pydict()
     assert len(ranks["user_idx"]) == len(preds["user_idx"]) == users
     rank = np.array(ranks["rank"])
@@ -117,13 +119,16 @@ def test_inputs_by_source_spec_and_missing_input(tmp_path, prepared):
         val_metric="loss",
     )
     ctx.inputs = {"prepare": prepared, "rq_xmodal": tmp_path / "rq_xmodal"}
-    ctx.section.inputs = Namespace(text="rq_xmodal:text", image="rq_xmodal:image")
+    # the stage graph records the slot specs in ctx.sources; a section may name them as well
+    ctx.sources = {"text": "rq_xmodal:text"}
+    ctx.section.inputs = Namespace(image="rq_xmodal:image")
     manifest = run(ctx)
     assert manifest.extra["inputs"] == {"text": "rq_xmodal:text", "image": "rq_xmodal:image"}
     metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
     assert metrics["tasks"] == ["seqrec", "seqimage"] and metrics["ensemble_rule"] == "mql4grec"
     shutil.rmtree(ctx.out_dir)
     ctx.out_dir.mkdir()
+    ctx.sources = {}
     ctx.section.inputs = Namespace(text="rq_xmodal:text")
     with pytest.raises(MscgError, match="no 'image' codes input"):
         run(ctx)

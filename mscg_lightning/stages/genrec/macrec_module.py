@@ -62,6 +62,9 @@ class MacrecModule(L.LightningModule):
         tasks: the task set rows are drawn from [all six; ``[seqrec, seqimage]`` = the
             ablation "w/o explicit alignment"].
         task_weights: drawing weights of ``tasks`` (default uniform).
+        task_sampling: ``sample`` (one task drawn per row) or ``all`` (every row once per task
+            of ``tasks``, as the official code builds its data: a batch of B rows trains
+            B x len(tasks) task rows).
         prompt_tokens: task prompt tokens per row [4, the official code's; the paper is silent].
         implicit_weight: lambda_implicit [0.01; 0 = "w/o L_implicit"].
         implicit_tau: InfoNCE temperature [0.1]. implicit_symmetric: t->v + v->t [paper] or
@@ -102,6 +105,7 @@ class MacrecModule(L.LightningModule):
         activation_checkpointing: bool = False,
         tasks: Sequence[str] = MACREC_TASKS,
         task_weights: Sequence[float] | None = None,
+        task_sampling: Literal["sample", "all"] = "sample",
         prompt_tokens: int = 4,
         implicit_weight: float = 0.01,
         implicit_tau: float = 0.1,
@@ -136,6 +140,8 @@ class MacrecModule(L.LightningModule):
                 f"macrec inference '{inference}' decodes with the task(s) {missing}, which are "
                 f"not in model.init_args.tasks {list(tasks)}."
             )
+        if task_sampling not in ("sample", "all"):
+            raise MscgError(f"macrec task_sampling must be sample or all, got '{task_sampling}'.")
         if implicit_weight < 0 or implicit_tau <= 0:
             raise MscgError(
                 f"macrec implicit_weight must be >= 0 and implicit_tau > 0, got "
@@ -280,7 +286,12 @@ class MacrecModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         history, target = batch["history"], batch["target"]
-        task = self.tasks.sample(history.shape[0])
+        if self.hparams.task_sampling == "all":
+            task = self.tasks.allowed.repeat_interleave(history.shape[0])
+            repeat = len(self.hparams.tasks)
+            history, target = history.repeat(repeat, 1), target.repeat(repeat)
+        else:
+            task = self.tasks.sample(history.shape[0])
         rec, n = self.task_loss(self.tasks(history, target, task))
         loss = rec
         if self.hparams.implicit_weight > 0:

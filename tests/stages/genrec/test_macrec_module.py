@@ -220,3 +220,22 @@ def test_single_modality_inference_and_bad_switches():
     bad = {**layout, "vocab_sizes": [[4, 4, 2], [3, 2]]}
     with pytest.raises(MscgError, match="levels"):
         MacrecModule(token_layout=bad, **TINY)
+
+
+def test_task_sampling_all_trains_every_task_of_every_row():
+    module = make(task_sampling="all", implicit_weight=0.0)
+    batch = {"history": HISTORY, "target": TARGET, "user_idx": torch.arange(4)}
+    seen = []
+    original = module.task_loss
+
+    def spy(tb):
+        seen.append(tb.task)
+        return original(tb)
+
+    module.task_loss = spy
+    loss = module.training_step(batch, 0)
+    assert sorted(seen[0].tolist()) == sorted(list(range(len(TASK_NAMES))) * 4)
+    rows = [module.tasks(HISTORY, TARGET, torch.full((4,), t)) for t in range(len(TASK_NAMES))]
+    losses = [original(tb) for tb in rows]
+    ref = sum(float(lo) * n for lo, n in losses) / sum(n for _, n in losses)
+    assert float(loss.detach()) == pytest.approx(ref, rel=1e-5)

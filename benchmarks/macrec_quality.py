@@ -86,7 +86,8 @@ DEFAULTS = {
         "macrec", "mql4grec", "tiger_text", "tiger_image", "mscgrec",
         "no_con", "no_align", "no_implicit", "no_explicit",
     ],
-    "instruments": ["macrec", "mql4grec", "tiger_text", "no_implicit", "no_explicit"],
+    # on given codes the MQL4GRec-style row is MACRec without L_implicit (no tokenizer here)
+    "instruments": ["macrec", "mql4grec", "tiger_text", "no_explicit"],
 }  # fmt: skip
 GIVEN = {"text": "prepare:codes_lemb", "image": "prepare:codes_vitemb"}  # Instruments
 #: reduced T5, the same for every row (small: the project's genrec-small sizes)

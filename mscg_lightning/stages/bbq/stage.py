@@ -5,8 +5,9 @@ R@10, the catalogue size) and one or both content embeddings, by role:
 
 * ``ctx.inputs["text"]`` / ``ctx.inputs["image"]``: embeddings artifacts (the stage graph passes
   inputs by role like this); otherwise
-* ``section.inputs.text`` / ``section.inputs.image``: source specs as the ``rq`` stages'
-  ``input`` (an artifact name found in ``ctx.inputs``, or ``prepare:emb_<name>``).
+* the slot's spec in ``ctx.sources`` (stage graph) or ``section.inputs.text`` /
+  ``section.inputs.image``: source specs as the ``rq`` stages' ``input`` (an artifact name found
+  in ``ctx.inputs``, or ``prepare:emb_<name>``, a given embeddings column).
 
 Artifact layout (``<run_dir>/<instance>/``)::
 
@@ -55,15 +56,17 @@ MONITOR = "val/recall@10"
 
 def content_tables(ctx: StageContext, num_items: int) -> dict[str, EmbeddingTable]:
     """The content embeddings by role (see the module docstring); at least one."""
+    from mscg_lightning.stages.rq.stage import load_embeddings
+
     specs = ctx.section.get("inputs") if hasattr(ctx.section, "get") else None
+    graph = getattr(ctx, "sources", None) or {}  # the stage graph's slot specs
     tables = {}
     for role in ROLES:
+        spec = graph.get(role) or (specs.get(role) if specs is not None else None)
         if role in ctx.inputs:
             tables[role] = read_embeddings(ctx.inputs[role], num_items=num_items)
-        elif specs is not None and specs.get(role):
-            from mscg_lightning.stages.rq.stage import load_embeddings
-
-            tables[role] = load_embeddings(ctx, str(specs.get(role)))
+        elif spec:
+            tables[role] = load_embeddings(ctx, str(spec))
     if not tables:
         raise MscgError(
             f"stage '{ctx.name}' has no content input: set inputs.text and/or inputs.image."

@@ -137,3 +137,10 @@ def test_too_large_triple_vocabulary_is_a_user_error(tiny_run, tmp_path):
     with pytest.raises(MscgError, match="int32"):
         run(ctx)
     assert not any((tmp_path / "bbq").iterdir())
+
+
+def test_given_embeddings_column_by_graph_spec(tiny_run, tmp_path):
+    ctx = _context(tiny_run, tmp_path / "bbq", {})
+    ctx.sources = {"text": "prepare:emb_text"}  # the stage graph's slot spec of a given column
+    manifest = run(ctx)
+    assert manifest.extra["signals"] == ["id", "text"]

@@ -64,6 +64,8 @@ class RawData:
     rating: np.ndarray | None = None
     source_files: list[Path] = field(default_factory=list)
     dataset: str = ""
+    # False: items without text/image are kept (the interactions adapter: content is optional)
+    content_required: bool = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1256,7 +1258,15 @@ def read_ml100k_wheel(cfg: PrepareConfig, folder: Path) -> RawData:
     return read_recbole(replace(cfg, dataset="ml-100k"), ml100k_dir(folder))
 
 
+def read_interactions(cfg: PrepareConfig, folder: Path) -> RawData:
+    """Your own data: one interactions table (+ optional items table); see interactions.py."""
+    from mscg_lightning.data.interactions import read_interactions as read
+
+    return read(cfg, folder)
+
+
 ADAPTERS: dict[str, Callable[[PrepareConfig, Path], RawData]] = {
+    "interactions": read_interactions,
     "recbole": read_recbole,
     "ml100k_wheel": read_ml100k_wheel,
     "amazon2014": read_amazon2014,

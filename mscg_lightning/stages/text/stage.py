@@ -162,6 +162,11 @@ def run_text(ctx: StageContext) -> Manifest:
 
     prepared = read_manifest(ctx.inputs["prepare"], stage="prepare")
     columns = list(cfg.columns) or list(prepared.extra.get("text_columns", []))
+    if not columns:
+        raise MscgError(
+            f"text_embed: the items of {ctx.inputs['prepare']} have no text column; give the "
+            "data an items table with text (prepare.columns.text) or drop the text_embed section."
+        )
     table = _items(ctx)
     unknown = [c for c in columns if c not in table.column_names]
     if unknown:

@@ -7,6 +7,7 @@
     mscg test --config X.yaml                         # metrics table of the finished run
     mscg fit --config X.yaml --print_config           # the resolved chain config
     mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
+    mscg export --config X.yaml [--format csv]        # codes + predictions with raw ids
 
 Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 anything else.
 """
@@ -27,6 +28,7 @@ COMMANDS = {
     "predict": "top-K items for user histories given as Parquet",
     "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
     "report": "PNG of the main training curves from TensorBoard, and the metrics table",
+    "export": "item codes per modality and predictions, with raw ids, as Parquet or CSV",
     **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
 }
 
@@ -49,6 +51,9 @@ def _parser(command: str):
         )
     if command == "attribute":
         parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
+    if command == "export":
+        parser.add_argument("--out", type=str | None, default=None, help="(<run_dir>/export)")
+        parser.add_argument("--format", type=str, default="parquet", help="parquet or csv")
     if command == "predict":
         parser.add_argument("--user_histories", type=str, required=True)
         parser.add_argument("--output", type=str, default=None)
@@ -103,6 +108,11 @@ def _run(command: str, config) -> int:
         from mscg_lightning.stages.genrec.attribution import attribute
 
         attribute(config, metric=config.metric)
+        return 0
+    if command == "export":
+        from mscg_lightning.export import export
+
+        export(config, out=config.out, fmt=config.format)
         return 0
     if command == "predict":
         from mscg_lightning.stages.genrec.stage import predict

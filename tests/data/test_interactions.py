@@ -192,24 +192,3 @@ def test_table_format_by_suffix() -> None:
     for bad in ("a.xlsx", "a.parquet.gz", "noext"):
         with pytest.raises(MscgError, match="cannot tell the format"):
             table_format(Path(bad))
-
-
-def test_cli_runs_the_shipped_config_without_an_items_table(tmp_path: Path) -> None:
-    """configs/interactions.yaml on a bare user_id,item_id,timestamp CSV: no flag, no items."""
-    import shutil
-
-    from mscg_lightning.cli import main
-
-    repo = Path(__file__).resolve().parents[2]
-    data = tmp_path / "data" / "mine"
-    data.mkdir(parents=True)
-    shutil.copy(repo / "tests/fixtures/tiny-interactions/interactions.csv", data)
-    args = ["fit", "--config", str(repo / "configs/interactions.yaml"), "--run_dir"]
-    args += [str(tmp_path / "run"), "--data_root", str(tmp_path / "data")]
-    args += ["--prepare.path", "mine"]
-    for stage in ("sasrec", "rq_collab", "genrec"):
-        args += [f"--{stage}.trainer.max_epochs", "1", f"--{stage}.trainer.accelerator", "cpu"]
-    args += ["--genrec.trainer.check_val_every_n_epoch", "1"]
-    assert main(args) == 0
-    assert (tmp_path / "run" / "genrec" / "manifest.json").is_file()
-    assert read_manifest(tmp_path / "run" / "prepared").extra["text_columns"] == []

@@ -101,6 +101,11 @@ class PrepareConfig:
         items_file: Override of the item table file name (relative to path).
         image_dir: Override of the image folder (relative to path; amazon2023: images,
             pixelrec: cover; interactions: none unless set).
+        hub: amazon2023 only: read reviews and metadata through Hugging Face `datasets` from
+            a hub dataset id (McAuley-Lab/Amazon-Reviews-2023) or a local folder (a mirror of
+            its files, or datasets saved with save_to_disk); see hub.py. `path` still holds the
+            image folder.
+        hub_streaming: Read the hub files batch by batch, keeping only the columns used.
         columns: Column names of the interactions adapter's tables (user, item, timestamp,
             rating, item_id, text, image; see interactions.InteractionColumns).
     """
@@ -126,6 +131,8 @@ class PrepareConfig:
     items_file: str | None = None
     image_dir: str | None = None
     columns: InteractionColumns | None = None
+    hub: str | None = None
+    hub_streaming: bool = True
 
     def validate(self) -> None:
         """Raise MscgError for values no layout can use."""
@@ -155,6 +162,8 @@ class PrepareConfig:
                 f"{self.placeholder_max_titles}."
             )
         placeholders.normalise_hashes(self.placeholder_hashes)
+        if self.hub is not None and self.adapter != "amazon2023":
+            raise MscgError(f"prepare.hub works with adapter amazon2023, not '{self.adapter}'.")
 
     def image_protocol(self) -> tuple[bool, str]:
         """(dedup_images, placeholder_images) with nulls resolved by the layout's protocol."""

@@ -72,9 +72,17 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from mscg_lightning.console import quiet_third_party
+
+    quiet_third_party()
     if command == "report":
         return _report(rest)
     parser = _parser(command)
+    from mscg_lightning.cli_help import help_topic
+
+    topic = help_topic(rest)
+    if topic is not None:
+        return _help(command, topic, parser)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
     except SystemExit as exc:
@@ -86,7 +94,7 @@ def main(args: Sequence[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         # The resolved chain config of the latest command, next to the results (rank 0 only).
         if is_rank_zero():
-            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
+            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_validation=True)
         return _run(command, config)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
@@ -123,23 +131,40 @@ def _run(command: str, config) -> int:
     return 0
 
 
+def _help(command: str, topic: str, parser) -> int:
+    """``mscg COMMAND --help [SECTION|all]`` (cli_help.py)."""
+    from mscg_lightning.cli_help import SECTIONS, section_help, short_help
+
+    if topic == "":
+        print(short_help(command, COMMANDS[command]))
+    elif topic == "all":
+        parser.print_help()
+    elif topic in SECTIONS:
+        print(section_help(parser.format_help(), topic))
+    else:
+        print(f"mscg {command}: no help topic '{topic}' (one of {', '.join(SECTIONS)}, all).")
+        return 2
+    return 0
+
+
 def _print_report(config, missing_ok: bool = True) -> None:
     from mscg_lightning.artifacts import is_rank_zero
-    from mscg_lightning.report import metrics_report, write_tensorboard_text
+    from mscg_lightning.report import console_report, metrics_report, write_tensorboard_text
 
     if not is_rank_zero():
         return
-    text = metrics_report(Path(config.run_dir), missing_ok=missing_ok)
+    run_dir = Path(config.run_dir)
+    text = console_report(run_dir, missing_ok=missing_ok)  # the full table goes to a file
     if text:
         print(text)
-        write_tensorboard_text(Path(config.run_dir), text)
+        write_tensorboard_text(run_dir, metrics_report(run_dir))
 
 
 def _report(args: Sequence[str]) -> int:
     """``mscg report --run_dir D [--out PNG]``: the curves of a run as one PNG, and its table."""
     from jsonargparse import ArgumentParser
 
-    from mscg_lightning.report import metrics_report, plot_report
+    from mscg_lightning.report import console_report, plot_report
 
     parser = ArgumentParser(prog="mscg report", description=COMMANDS["report"])
     parser.add_argument("--run_dir", type=str, required=True, help="the run directory of mscg fit")
@@ -151,7 +176,7 @@ def _report(args: Sequence[str]) -> int:
     run_dir = Path(opts.run_dir)
     try:
         out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
-        text = metrics_report(run_dir, missing_ok=True)
+        text = console_report(run_dir, missing_ok=True)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2

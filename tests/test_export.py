@@ -4,7 +4,9 @@ the run's own artifacts."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import shutil
 from pathlib import Path
 
@@ -29,7 +31,10 @@ def run(tmp_path_factory) -> tuple[Path, list[str]]:
     for stage in ("sasrec", "rq_collab", "genrec"):
         fit += [f"--{stage}.trainer.max_epochs", "1", f"--{stage}.trainer.accelerator", "cpu"]
     fit += ["--genrec.trainer.check_val_every_n_epoch", "1"]
-    assert main(["fit", *fit]) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", *fit]) == 0
+    (tmp / "fit.out").write_text(out.getvalue())
     return tmp / "run", args
 
 
@@ -37,6 +42,11 @@ def test_the_interactions_config_runs_without_items_table(run) -> None:
     run_dir, _ = run
     assert read_manifest(run_dir / "prepared").extra["text_columns"] == []
     assert (run_dir / "genrec" / "predictions.parquet").is_file()
+    out = (run_dir.parent / "fit.out").read_text()
+    # the console: mscg's own narrow table, not Lightning's test table (console.py)
+    assert "| SASRec | 60 |" in out and "DataLoader 0" not in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert (run_dir / "metrics.md").read_text().count("recall@1 |") == 1
 
 
 def test_export_parquet_matches_the_artifacts(run, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 
@@ -53,16 +54,19 @@ _ONCE = _OnceFilter()
 
 
 _SEEN_WARNINGS: set[tuple[type, str]] = set()
+_OWN = str(Path(__file__).resolve().parent)
 
 
 def _show_once(show):
-    """`warnings.showwarning` that drops a message already shown (whatever filters say)."""
+    """`warnings.showwarning` that drops a third-party message already shown (whatever the
+    filters say)."""
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         key = (category, str(message))
-        if key in _SEEN_WARNINGS:
-            return
-        _SEEN_WARNINGS.add(key)
+        if _OWN not in str(filename):  # the project's own warnings are always shown
+            if key in _SEEN_WARNINGS:
+                return
+            _SEEN_WARNINGS.add(key)
         show(message, category, filename, lineno, file, line)
 
     showwarning.mscg_once = True  # type: ignore[attr-defined]

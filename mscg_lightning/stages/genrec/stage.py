@@ -98,7 +98,7 @@ def run(ctx: StageContext) -> Manifest | None:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)
     model.set_catalogue(codes, present)
-    stage.trainer.test(model, datamodule=stage.datamodule)
+    stage.trainer.test(model, datamodule=stage.datamodule, verbose=False)  # mscg prints its own
     if ctx.out_dir is None:
         return None
     result = model.test_result

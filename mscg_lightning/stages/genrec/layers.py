@@ -133,13 +133,43 @@ class Attention(nn.Module):
         return x.transpose(-3, -2).flatten(-2)
 
 
+def drop_mask(shape: tuple[int, ...], p: float, device: torch.device | None = None) -> Tensor:
+    """BoolTensor[shape], True with probability ``p`` (to 1/65536): one 16-bit slice of a
+    64-bit random number per entry, about 4x cheaper on CPU than ``bernoulli_``."""
+    if p >= 1.0:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    n = math.prod(shape)
+    bits = torch.randint(-(2**63), 2**63 - 1, (-(-n // 4),), dtype=torch.int64, device=device)
+    threshold = -(2**15) + round(p * 2**16)
+    return (bits.view(torch.int16)[:n] < threshold).view(shape)
+
+
+class FastDropout(nn.Module):
+    """Inverted dropout with :func:`drop_mask`'s cheaper mask (``dropout_mode: fast``)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = ~drop_mask(tuple(x.shape), self.p, x.device)
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def make_dropout(p: float, mode: str) -> nn.Module:
+    """The dropout module of a ``dropout_mode``."""
+    return FastDropout(p) if mode == "fast" else nn.Dropout(p)
+
+
 def drop_keys(bias: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
     """DropKey: ``bias`` [.., H|1, Q, K] broadcast to ``shape`` [B, H, Q, K] with each entry
     dropped (``finfo.min / 4`` added) with probability ``p``; structural ``-finfo.min / 2``
     entries stay below every dropped permitted one, so a fully dropped row attends uniformly
     over its permitted keys only."""
-    drop = torch.empty(shape, dtype=bias.dtype, device=bias.device).bernoulli_(p)
-    return torch.addcmul(bias, drop, torch.tensor(_neg(bias.dtype) / 2, dtype=bias.dtype))
+    drop = drop_mask(shape, p, bias.device)
+    return torch.where(drop, bias + _neg(bias.dtype) / 2, bias)
 
 
 def _attend(
@@ -168,7 +198,7 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(cfg)
         self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = make_dropout(cfg.dropout, cfg.dropout_mode)
         self.p = cfg.dropout
         self.mode = cfg.dropout_mode
 
@@ -195,7 +225,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.norm3 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = make_dropout(cfg.dropout, cfg.dropout_mode)
         self.p = cfg.dropout
         self.mode = cfg.dropout_mode
 

@@ -40,6 +40,7 @@ from mscg_lightning.stages.genrec.layers import (
     RMSNorm,
     _neg,
     exact_bucket,
+    make_dropout,
     relative_bucket,
 )
 
@@ -205,7 +206,7 @@ class GenRecT5(nn.Module):
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.encoder_norm = RMSNorm(d, cfg.layer_norm_eps)
         self.decoder_norm = RMSNorm(d, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = make_dropout(cfg.dropout, cfg.dropout_mode)
         if cfg.position_bias == "dual":
             self.item_bias = nn.Embedding(cfg.item_buckets, heads)
             self.code_bias = nn.Embedding(cfg.code_buckets, heads)

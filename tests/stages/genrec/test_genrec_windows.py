@@ -205,3 +205,14 @@ def test_bf16_mixed_windows_fit_end_to_end_on_cpu(tmp_path) -> None:
     assert 0.0 <= result["test/ndcg@10"] <= 1.0
     scores = torch.cat([p[2] for p in module.predictions])
     assert scores.dtype == torch.float32 and torch.isfinite(scores[:, 0]).all()
+
+
+def test_fast_dropout_module_matches_inverted_dropout_statistics() -> None:
+    from mscg_lightning.stages.genrec.layers import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(0.1).train()
+    y = drop(torch.ones(400, 1000))
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(drop.eval()(y), y)

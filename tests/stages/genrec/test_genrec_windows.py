@@ -216,3 +216,17 @@ def test_fast_dropout_module_matches_inverted_dropout_statistics() -> None:
     assert abs((y == 0).float().mean().item() - 0.1) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.01
     assert torch.equal(drop.eval()(y), y)
+
+
+def test_head_and_beam_scores_stay_float32_under_bf16_autocast() -> None:
+    """Issue 18 item 9: bf16 logits tie and misorder close items; the head runs in float32."""
+    module = make_module().eval()
+    hidden = torch.randn(3, 16)
+    reference = hidden @ module.model.head_weight(0).T
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = module.model.level_logits(hidden.bfloat16(), 0)
+        full = module.model.full_logits(hidden)
+        items, scores = module.rank(torch.tensor([[0, 1, 2], [-1, 4, 5]]))
+    assert logits.dtype == full.dtype == scores.dtype == torch.float32
+    torch.testing.assert_close(logits, hidden.bfloat16().float() @ module.model.head_weight(0).T)
+    torch.testing.assert_close(full[:, : reference.shape[1]], reference)

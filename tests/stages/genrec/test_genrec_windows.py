@@ -68,9 +68,16 @@ def grads(module: GenRecModule) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["constrained", "per_level", "full_vocab"])
-def test_one_pass_loss_and_gradients_equal_per_sample_training(mode: str) -> None:
-    module = make_module(encoder_attention="item_causal", constrained_training=mode).train()
+@pytest.mark.parametrize(
+    "mode, dropout_mode",
+    [("constrained", "t5"), ("per_level", "t5"), ("full_vocab", "t5"), ("constrained", "fast")],
+)
+def test_one_pass_loss_and_gradients_equal_per_sample_training(
+    mode: str, dropout_mode: str
+) -> None:
+    module = make_module(
+        encoder_attention="item_causal", constrained_training=mode, dropout_mode=dropout_mode
+    ).train()
     loss, n = module._window_loss(WINDOWS, 0.0)
     loss.backward()
     one_pass = grads(module)

@@ -11,12 +11,16 @@ layers, with two dropout formulations (``GenRecConfig.dropout_mode``, same rate 
 * ``fast``: (1) attention dropout becomes DropKey (Li et al., CVPR 2023): each (query, key)
   logit is dropped with probability ``p`` by adding a large negative number to the additive
   mask *before* the softmax, which then renormalises over the surviving keys (no ``1/(1-p)``
-  rescaling); the mask is just another additive bias, so SDPA keeps its fused kernel. A row
+  rescaling); the mask is just another additive bias, with no separate pass over the
+  probabilities (on CPU the cross-attention uses explicit products, see ``_attend_explicit``;
+  self-attention with the learned position bias is on SDPA's unfused path either way). A row
   whose every key is dropped falls back to uniform attention over its permitted keys (the drop
   offset, ``finfo.min/4``, is smaller than the structural mask's ``finfo.min/2``), so
   structurally masked keys (padding, future items, other targets) never leak in. (2) The FFN's
   inner dropout (on the ``d_ff``-wide activation, the widest dropout site) is dropped: the FFN
-  branch is still dropped at its output, as every other sublayer. Every other site is unchanged.
+  branch is still dropped at its output, as every other sublayer. (3) Every mask is drawn as
+  16-bit slices of 64-bit random numbers (:func:`drop_mask`, rate exact to 1/65536), about 4x
+  cheaper on CPU than ``bernoulli_``. Every other site is unchanged.
 """
 
 from __future__ import annotations

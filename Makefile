@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all lint format demo clean
+.PHONY: install install-timm test test-slow test-all lint format demo clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
+
+# timm backbones (optional). torchvision must be the build of the torch already installed; on a
+# CPU machine the PyPI build does not import beside CPU torch, so take it from the PyTorch CPU
+# index: make install-timm TORCHVISION="torchvision==0.28.0 --index-url <PyTorch CPU index>"
+TORCHVISION ?= torchvision==0.28.0
+install-timm: install
+	$(PY) -m pip install --quiet $(TORCHVISION)
+	$(PY) -m pip install --quiet "timm>=1.0.16"
 
 # pytest exits 5 when it collects no test: report it instead of failing.
 test: install

@@ -147,6 +147,7 @@ def atomic_artifact(target: str | Path, overwrite: bool = True) -> Iterator[Path
         raise MscgError(f"cannot create the directory {parent}: {err.strerror}.") from err
     if not os.access(parent, os.W_OK):
         raise MscgError(f"the directory {parent} is not writable.")
+    remove_leftovers(target)
     tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -163,6 +164,26 @@ def atomic_artifact(target: str | Path, overwrite: bool = True) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(target: str | Path) -> list[Path]:
+    """Remove ``.<name>.tmp-*`` / ``.<name>.old-*`` siblings of ``target`` that a killed run left.
+
+    Only the writer of ``target`` calls this (rank 0, just before it writes the artifact anew),
+    so nothing else is writing into these directories. Returns the removed paths.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for path in sorted(target.parent.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 # ----------------------------------------------------------------------------------------------

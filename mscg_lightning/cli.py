@@ -7,8 +7,10 @@
     mscg test --config X.yaml                         # metrics table of the finished run
     mscg fit --config X.yaml --print_config           # the resolved chain config
     mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
+    mscg export --config X.yaml [--format csv]        # codes + predictions with raw ids
 
-Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 anything else.
+Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 130 interrupted
+(Ctrl-C: rerunning the command resumes), 1 anything else.
 """
 
 from __future__ import annotations
@@ -28,8 +30,19 @@ COMMANDS = {
     "predict": "top-K items for user histories given as Parquet",
     "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
     "report": "PNG of the main training curves from TensorBoard, and the metrics table",
+    "export": "item codes per modality and predictions, with raw ids, as Parquet or CSV",
     **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
 }
+
+
+#: ``mscg predict --user_histories``: the schema, checked before ranking (data/validate.py).
+USER_HISTORIES_HELP = (
+    "Parquet file with a column 'history': one list of raw item ids (integers or strings, "
+    "oldest first) per user; other columns (e.g. user_id) are copied to the output. Unknown "
+    "ids are skipped and counted; users with no known item are ranked from an empty history "
+    "and flagged in the output column cold_start. A history that is a string or a single "
+    "integer is refused."
+)
 
 
 def _usage() -> str:
@@ -50,8 +63,11 @@ def _parser(command: str):
         )
     if command == "attribute":
         parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
+    if command == "export":
+        parser.add_argument("--out", type=str | None, default=None, help="(<run_dir>/export)")
+        parser.add_argument("--format", type=str, default="parquet", help="parquet or csv")
     if command == "predict":
-        parser.add_argument("--user_histories", type=str, required=True)
+        parser.add_argument("--user_histories", type=str, required=True, help=USER_HISTORIES_HELP)
         parser.add_argument("--output", type=str, default=None)
         parser.add_argument("--top_k", type=int, default=10)
     return parser
@@ -69,22 +85,35 @@ def main(args: Sequence[str] | None = None) -> int:
         print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from mscg_lightning.console import quiet_third_party
+
+    quiet_third_party()
     if command == "report":
         return _report(rest)
     parser = _parser(command)
+    from mscg_lightning.cli_help import help_topic
+
+    topic = help_topic(rest)
+    if topic is not None:
+        return _help(command, topic, parser)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
     except SystemExit as exc:
         return int(exc.code or 0)
     from mscg_lightning.artifacts import is_rank_zero
+    from mscg_lightning.storage import call_guarded
 
-    try:
+    def body() -> int:
         run_dir = Path(config.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         # The resolved chain config of the latest command, next to the results (rank 0 only).
         if is_rank_zero():
-            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
+            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_validation=True)
         return _run(command, config)
+
+    try:
+        # Ctrl-C: one line, exit 130; disk full / read-only run dir: one sentence (storage.py)
+        return call_guarded(body, config.run_dir)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2
@@ -106,6 +135,11 @@ def _run(command: str, config) -> int:
 
         attribute(config, metric=config.metric)
         return 0
+    if command == "export":
+        from mscg_lightning.export import export
+
+        export(config, out=config.out, fmt=config.format)
+        return 0
     if command == "predict":
         from mscg_lightning.stages.genrec.stage import predict
 
@@ -115,23 +149,40 @@ def _run(command: str, config) -> int:
     return 0
 
 
+def _help(command: str, topic: str, parser) -> int:
+    """``mscg COMMAND --help [SECTION|all]`` (cli_help.py)."""
+    from mscg_lightning.cli_help import SECTIONS, section_help, short_help
+
+    if topic == "":
+        print(short_help(command, COMMANDS[command]))
+    elif topic == "all":
+        parser.print_help()
+    elif topic in SECTIONS:
+        print(section_help(parser.format_help(), topic))
+    else:
+        print(f"mscg {command}: no help topic '{topic}' (one of {', '.join(SECTIONS)}, all).")
+        return 2
+    return 0
+
+
 def _print_report(config, missing_ok: bool = True) -> None:
     from mscg_lightning.artifacts import is_rank_zero
-    from mscg_lightning.report import metrics_report, write_tensorboard_text
+    from mscg_lightning.report import console_report, metrics_report, write_tensorboard_text
 
     if not is_rank_zero():
         return
-    text = metrics_report(Path(config.run_dir), missing_ok=missing_ok)
+    run_dir = Path(config.run_dir)
+    text = console_report(run_dir, missing_ok=missing_ok)  # the full table goes to a file
     if text:
         print(text)
-        write_tensorboard_text(Path(config.run_dir), text)
+        write_tensorboard_text(run_dir, metrics_report(run_dir))
 
 
 def _report(args: Sequence[str]) -> int:
     """``mscg report --run_dir D [--out PNG]``: the curves of a run as one PNG, and its table."""
     from jsonargparse import ArgumentParser
 
-    from mscg_lightning.report import metrics_report, plot_report
+    from mscg_lightning.report import console_report, plot_report
 
     parser = ArgumentParser(prog="mscg report", description=COMMANDS["report"])
     parser.add_argument("--run_dir", type=str, required=True, help="the run directory of mscg fit")
@@ -141,11 +192,19 @@ def _report(args: Sequence[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     run_dir = Path(opts.run_dir)
+    from mscg_lightning.storage import describe_write_error
+
     try:
         out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
-        text = metrics_report(run_dir, missing_ok=True)
+        text = console_report(run_dir, missing_ok=True)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the PNG's folder is read-only or full (storage.py)
+        message = describe_write_error(err, opts.out or run_dir)
+        if message is None:
+            raise
+        print(f"mscg: error: {message}", file=sys.stderr)
         return 2
     curves = "; ".join(f"{stage}: {', '.join(tags)}" for stage, tags in drawn.items() if tags)
     print(f"[mscg] report: {out} ({curves})")

@@ -238,6 +238,10 @@ def stage_status(config: Namespace, name: str, run_dir: Path) -> tuple[bool, Sta
     except MscgError:
         return False, ctx
     fresh = current.config_hash == ctx.config_hash and current.inputs == ctx.input_hashes
+    if fresh and name == "prepare":  # raw files edited in place (data/fingerprints.py)
+        from mscg_lightning.data.fingerprints import unchanged
+
+        fresh = unchanged(target)
     return fresh, ctx
 
 
@@ -260,6 +264,9 @@ def run_chain(
             raise MscgError(f"unknown stage '{name}'; the stages are: {', '.join(CHAIN_ORDER)}.")
         if not is_enabled(config, name):
             raise MscgError(f"stage '{name}' has no section in the config, so it cannot run.")
+    from mscg_lightning.data.validate import check_prepare_section
+
+    check_prepare_section(config)  # e.g. given_codes on a layout that reads none: fail first
     timings: dict[str, float] = {}
     for name in [s for s in CHAIN_ORDER if s in wanted]:
         fresh, ctx = stage_status(config, name, run_dir)

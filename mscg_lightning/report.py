@@ -33,19 +33,43 @@ REPORT_TAG = "report/metrics"
 Scalars = dict[str, dict[str, list[tuple[int, float]]]]
 
 
-def metrics_report(run_dir: Path, missing_ok: bool = True) -> str:
-    """A markdown table of the test metrics found in ``run_dir`` ('' when none and missing_ok)."""
+def _metric_rows(run_dir: Path, missing_ok: bool) -> dict[str, dict]:
     rows = {}
     for stage in METRIC_STAGES:
         path = run_dir / stage / "metrics.json"
         if path.is_file():
             data = json.loads(path.read_text())
             rows[data.get("model", stage)] = data["test"]
-    if not rows:
-        if missing_ok:
-            return ""
+    if not rows and not missing_ok:
         raise MscgError(f"{run_dir} holds no test metrics yet: run `mscg fit` first.")
+    return rows
+
+
+def metrics_report(run_dir: Path, missing_ok: bool = True) -> str:
+    """A markdown table of the test metrics found in ``run_dir`` ('' when none and missing_ok)."""
+    rows = _metric_rows(run_dir, missing_ok)
+    if not rows:
+        return ""
     return f"Test metrics, {run_dir} (mean [95% bootstrap CI over users]):\n" + format_table(rows)
+
+
+def console_report(run_dir: Path, missing_ok: bool = True) -> str:
+    """The metrics table narrowed to 120 columns (console.py), and where the full one is.
+
+    Writes the full table to ``<run_dir>/metrics.md``; '' when there are no metrics yet.
+    """
+    from mscg_lightning.console import console_table
+
+    rows = _metric_rows(run_dir, missing_ok)
+    if not rows:
+        return ""
+    full = run_dir / "metrics.md"
+    full.write_text(metrics_report(run_dir) + "\n")
+    return (
+        "Test metrics (mean [95% bootstrap CI over users]):\n"
+        + console_table(rows)
+        + f"\nAll metrics (@1, @5, @10): {full}"
+    )
 
 
 def write_tensorboard_text(run_dir: Path, text: str) -> Path:

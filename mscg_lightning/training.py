@@ -20,6 +20,7 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
 from mscg_lightning.artifacts import is_distributed, is_rank_zero
 from mscg_lightning.config import stage_parser
+from mscg_lightning.console import EpochLine
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
 
@@ -115,7 +116,7 @@ def build_stage(
         section[key] = value
     parser = stage_parser()
     try:
-        init = parser.instantiate_classes(section)
+        init = parser.instantiate(section)
     except (TypeError, ValueError) as err:
         raise MscgError(f"stage '{ctx.name}': cannot instantiate its config ({err}).") from err
     trainer_kwargs = (
@@ -133,7 +134,7 @@ def build_stage(
         save_last=True,
         save_top_k=1,
     )
-    callbacks += [checkpoint, RngState()]
+    callbacks += [checkpoint, RngState(), EpochLine(ctx.name)]  # EpochLine: console.py
     logger = trainer_kwargs.pop("logger", None)
     if logger is None or logger is True:
         logger = TensorBoardLogger(str(ctx.tensorboard_dir), name=ctx.name, version="")

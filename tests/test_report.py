@@ -97,7 +97,10 @@ def test_tiny_run_table_in_tensorboard_and_report_png(tmp_path, capsys):
     assert main(["fit", *tiny, "--data_root", str(REPO / "tests" / "fixtures")]) == 0
     printed = capsys.readouterr().out
     texts = _report_texts(run)
-    assert len(texts) == 1 and "| SASRec | 60 |" in texts[0] and texts[0] in printed
+    assert len(texts) == 1 and "| SASRec | 60 |" in texts[0] and "| SASRec | 60 |" in printed
+    # the console shows a narrow table; the full one is in TensorBoard and metrics.md
+    assert texts[0] == (run / "metrics.md").read_text().strip()
+    assert max(len(line) for line in printed.splitlines()) <= 120
     # `mscg test` rewrites the table: TensorBoard keeps only the latest one
     assert main(["test", *tiny]) == 0
     assert len(list((run / "tensorboard" / "report").glob("events.out.tfevents.*"))) == 1

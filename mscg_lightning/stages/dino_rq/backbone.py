@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import Dinov2Config, Dinov2Model
 
+from mscg_lightning.backbones import TimmViT, create_timm, is_timm, timm_lr_layer
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.dino_rq.crops import EvalTransform
 
@@ -36,12 +37,15 @@ def build_backbone(
     """A `transformers.Dinov2Model`: pretrained from an HF id / local dir, or randomly initialised.
 
     Args:
-        name_or_path: HF model id (e.g. "facebook/dinov2-small") or a local directory; None
-            builds a random ViT-S/14.
+        name_or_path: HF model id (e.g. "facebook/dinov2-small") or a local directory, or a
+            timm ViT as "timm:<name>" (backbones.py); None builds a random ViT-S/14.
         config: Dinov2Config overrides (e.g. a tiny test model, or `drop_path_rate`).
         local_files_only: never touch the network when loading.
     """
     overrides = dict(config or {})
+    if is_timm(name_or_path):  # timm:<model> behind the Dinov2Model interface (backbones.py)
+        args = {"dynamic_img_size": True, **overrides}
+        return TimmViT(create_timm(str(name_or_path), args), str(name_or_path), args)  # type: ignore[return-value]
     if name_or_path is None:
         return Dinov2Model(Dinov2Config(**{**VITS14_CONFIG, **overrides}))
     try:
@@ -61,6 +65,12 @@ def backbone_lr_multiplier(
     ``layernorm``) ``num_layers + 1``; the multiplier is ``layerwise_decay ** (num_layers + 1 -
     id)``, times ``patch_embed_lr_mult`` for the patch projection.
     """
+    timm_layer = timm_lr_layer(name, num_layers)  # a TimmViT parameter (backbones.py)
+    if timm_layer is not None:
+        layer_id, patch = timm_layer
+        return layerwise_decay ** (num_layers + 1 - layer_id) * (
+            patch_embed_lr_mult if patch else 1
+        )
     if name.startswith("embeddings."):
         layer_id = 0
     elif name.startswith("encoder.layer."):

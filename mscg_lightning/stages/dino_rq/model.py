@@ -380,6 +380,7 @@ class RQDino(nn.Module):
                     continue
                 skip = param.ndim <= 1 or name.endswith(".bias") or "weight_g" in name
                 skip = skip or "token" in name or "position_embeddings" in name
+                skip = skip or "pos_embed" in name  # timm's positions (backbones.TimmViT)
                 lr_mult = 1.0
                 if part == "backbone":
                     lr_mult = backbone_lr_multiplier(

@@ -98,7 +98,7 @@ def run(ctx: StageContext) -> Manifest | None:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)
     model.set_catalogue(codes, present)
-    stage.trainer.test(model, datamodule=stage.datamodule)
+    stage.trainer.test(model, datamodule=stage.datamodule, verbose=False)  # mscg prints its own
     if ctx.out_dir is None:
         return None
     result = model.test_result
@@ -160,11 +160,12 @@ def history_length(config) -> int:
 def load_trained(run_dir: Path, config) -> tuple[Any, Path]:
     """The trained GenRecModule of a finished run, with its catalogue attached."""
     from mscg_lightning.stages.genrec.module import GenRecModule
+    from mscg_lightning.storage import load_checkpoint
 
     art = artifact_dir(run_dir, "genrec")
     manifest = read_manifest(art, stage="genrec")
     prepared = artifact_dir(run_dir, "prepare")
-    ckpt = torch.load(art / "model.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(art / "model.ckpt", redo="mscg genrec --force")  # storage.py
     trained = ckpt["hyper_parameters"]["token_layout"]
     # The manifest's JSON sorts the modalities by name; the model was trained with the codes of
     # every history item stacked in the config's order, which its token layout keeps.
@@ -187,10 +188,12 @@ def predict(config) -> Path:
 
     The input has a ``history`` column (list of raw item ids, oldest first) and optionally
     ``user_id``; unknown item ids are skipped and counted. Output: the input's columns plus
-    ``items`` (raw item ids) and ``scores``.
+    ``items`` (raw item ids), ``scores`` and ``cold_start`` (no known item in the history: the
+    ranking is the model's answer to an empty history).
     """
     from mscg_lightning.artifacts import read_table
     from mscg_lightning.data.datamodule import pad_left
+    from mscg_lightning.data.validate import encode_user_histories
 
     run_dir = Path(config.run_dir)
     model, prepared = load_trained(run_dir, config)
@@ -199,16 +202,10 @@ def predict(config) -> Path:
         table = pq.read_table(src)
     except (OSError, pa.ArrowInvalid) as err:
         raise MscgError(f"{src} is not a readable Parquet file ({err}).") from err
-    if "history" not in table.column_names:
-        raise MscgError(f"{src} has no column 'history' (a list of item ids per user).")
     items = read_table(prepared / "items", columns=["item_idx", "item_id"])
-    to_idx = dict(zip(items.column("item_id").to_pylist(), items.column("item_idx").to_pylist()))
     raw_ids = np.array(items.column("item_id").to_pylist(), dtype=object)
-    histories, unknown = [], 0
-    for row in table.column("history").to_pylist():
-        known = [to_idx[str(i)] for i in (row or []) if str(i) in to_idx]
-        unknown += len(row or []) - len(known)
-        histories.append(np.array(known, dtype=np.int64))
+    # schema checked, unknown ids skipped, cold-start users flagged (data/validate.py)
+    histories, cold_start, summary = encode_user_histories(table, src, items)
     max_history = history_length(config)
     top_k = int(config.top_k)
     if top_k > model.hparams.num_beams:
@@ -223,11 +220,12 @@ def predict(config) -> Path:
             out_scores.append([v for i, v in zip(r, s) if i >= 0])
     result = table.append_column("items", pa.array(out_items, type=pa.list_(pa.string())))
     result = result.append_column("scores", pa.array(out_scores, type=pa.list_(pa.float32())))
+    result = result.append_column("cold_start", pa.array(cold_start, type=pa.bool_()))
     out = Path(config.output) if config.output else src.with_name(src.stem + ".predictions.parquet")
     if out.exists() and out.resolve() == src.resolve():
         raise MscgError(f"--output {out} is the input file; choose another path.")
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(result, tmp)
     tmp.rename(out)
-    print(f"[mscg] predict: {len(histories)} users -> {out} ({unknown} unknown item ids skipped)")
+    print(f"[mscg] predict: {len(histories)} users -> {out} ({summary})")
     return out

@@ -105,15 +105,24 @@ class SASRec(nn.Module):
         history: [B, T] item_idx, -1 = padding (left), T <= max_len. Returns [B, T, D]; position t
         sees only positions <= t and is the user representation for predicting item t+1.
         """
-        length = history.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"history of length {length} exceeds max_len={self.max_len}")
         pad = history < 0
         tokens = history.clamp(min=-1) + 1  # -1 -> padding row 0
+        return self.encode_embeddings(self.item_emb(tokens), pad)
+
+    def encode_embeddings(self, items: Tensor, pad: Tensor) -> Tensor:
+        """The transformer over given item vectors instead of the item table's rows.
+
+        items: [B, T, D] item vectors (any values at padding slots); pad: [B, T] bool, True =
+        padding (left). Returns [B, T, D], as :meth:`forward` (which calls this with the
+        table's rows). BBQRec's tokenizer feeds its quantized item vectors through here.
+        """
+        length = items.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"history of length {length} exceeds max_len={self.max_len}")
         # Position = number of real items before this one (padding slots get 0, they are masked):
         # a prefix gets the same positions alone as inside a longer window.
         positions = ((~pad).long().cumsum(dim=1) - 1).clamp(min=0)
-        x = self.item_emb(tokens) + self.pos_emb(positions)
+        x = items + self.pos_emb(positions)
         x = self.emb_dropout(self.emb_norm(x))
         mask = self._attention_mask(pad)
         for layer in self.layers:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +54,9 @@ class ImageEmbedConfig:
     """Frozen image encoder (``transformers.AutoModel``, e.g. Dinov2Model) or given features.
 
     Args:
-        model: an HF model id or a local directory of an image model (ignored with ``given``).
+        model: an HF model id or a local directory of an image model, or a timm model as
+            ``timm:<name>`` (see backbones.py; ignored with ``given``).
+        model_args: extra ``timm.create_model`` arguments (timm models only).
         given: name of given embeddings in the items table (``emb_<given>``) to pass through.
         batch_size: images per encoder batch.
         normalize: L2-normalise the embeddings.
@@ -62,6 +65,7 @@ class ImageEmbedConfig:
     """
 
     model: str | None = None
+    model_args: dict[str, Any] | None = None
     given: str | None = None
     batch_size: int = 32
     normalize: bool = True
@@ -162,6 +166,11 @@ def run_text(ctx: StageContext) -> Manifest:
 
     prepared = read_manifest(ctx.inputs["prepare"], stage="prepare")
     columns = list(cfg.columns) or list(prepared.extra.get("text_columns", []))
+    if not columns:
+        raise MscgError(
+            f"text_embed: the items of {ctx.inputs['prepare']} have no text column; give the "
+            "data an items table with text (prepare.columns.text) or drop the text_embed section."
+        )
     table = _items(ctx)
     unknown = [c for c in columns if c not in table.column_names]
     if unknown:
@@ -207,9 +216,17 @@ def run_image(ctx: StageContext) -> Manifest:
     from mscg_lightning.stages.text.encoders import ImageEncoder
 
     table = _items(ctx)
-    encoder = ImageEncoder(
-        cfg.model, normalize=cfg.normalize, batch_size=cfg.batch_size, device=_device(cfg.device)
-    )
+    from mscg_lightning.backbones import TimmImageEncoder, is_timm
+
+    kwargs = {
+        "normalize": cfg.normalize,
+        "batch_size": cfg.batch_size,
+        "device": _device(cfg.device),
+    }
+    if is_timm(cfg.model):  # timm:<model> (backbones.py)
+        encoder = TimmImageEncoder(cfg.model, overrides=cfg.model_args, **kwargs)
+    else:
+        encoder = ImageEncoder(cfg.model, **kwargs)
     images, item_idx, missing = load_item_images(table)
     key = hashlib.sha256((cfg.model + str(item_idx.tolist()) + str(cfg)).encode()).hexdigest()[:16]
     emb = _chunked(

@@ -55,6 +55,19 @@ QUICK = dict(
     items=2_000, history=10, users=96, batch=32, train_steps=20, train_batch=16,
     d_model=128, layers=2, heads=6, d_kv=64, d_ff=1024,
 )  # fmt: skip
+TINY = dict(
+    items=300,
+    history=4,
+    users=8,
+    batch=4,
+    train_steps=2,
+    train_batch=4,
+    d_model=32,
+    layers=1,
+    heads=2,
+    d_kv=16,
+    d_ff=64,
+)  # fmt: skip  (--tiny: seconds; only checks that the path runs, e.g. gpu_suite.sh --dry-run)
 LEVELS, CODEBOOK, BEAMS, TOP_K, LR = 3, 256, 20, 10, 2e-3
 Tensor = torch.Tensor
 
@@ -187,6 +200,7 @@ def train(
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small model, < 1 minute")
+    parser.add_argument("--tiny", action="store_true", help="toy size: the path runs (seconds)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -203,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    cfg = dict(QUICK if args.quick else FULL)
+    cfg = dict(TINY if args.tiny else QUICK if args.quick else FULL)
+    args.quick = args.quick or args.tiny
     if args.batch:
         cfg["batch"] = args.batch
     out = args.out or REPO / "benchmarks" / "results" / (

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mscg_lightning.allocator import tune_allocator
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import CHAIN_ORDER
 
@@ -74,6 +75,7 @@ def _parser(command: str):
 
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (tests call it in-process)."""
+    tune_allocator()  # keep large freed blocks (glibc); MSCG_MALLOC=default: off
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())

@@ -47,7 +47,9 @@ def next_code_log_probs(
         return masked_log_softmax(model.level_logits(hidden, level).float(), allowed)
     if full_vocab:
         start, size = model.head_offsets[level], model.cfg.target_sizes[level]
-        logp = torch.log_softmax(F.linear(hidden, model.output_weight()).float(), dim=-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # float32 under bf16 too
+            full = F.linear(hidden.float(), model.output_weight().float())
+        logp = torch.log_softmax(full, dim=-1)
         logp = logp[..., start : start + size]
     else:
         logp = torch.log_softmax(model.level_logits(hidden, level).float(), dim=-1)

@@ -21,7 +21,6 @@ reuses the input rows of the target tokens of level l, with T5's ``d_model**-0.5
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,11 +30,38 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from mscg_lightning.errors import MscgError
+from mscg_lightning.stages.genrec.layers import (
+    DROPOUT_MODES,
+    Attention,
+    DecoderLayer,
+    DecoderState,
+    EncoderLayer,
+    FeedForward,
+    RMSNorm,
+    _neg,
+    exact_bucket,
+    make_dropout,
+    relative_bucket,
+)
 
 if TYPE_CHECKING:
-    from transformers import T5ForConditionalGeneration
-
     from mscg_lightning.stages.genrec.tokens import TokenLayout
+
+ENCODER_ATTENTIONS = ("bidirectional", "item_causal")
+
+__all__ = [
+    "Attention",
+    "DecoderLayer",
+    "DecoderState",
+    "EncoderLayer",
+    "FeedForward",
+    "GenRecConfig",
+    "GenRecT5",
+    "RMSNorm",
+    "exact_bucket",
+    "relative_bucket",
+    "to_hf_t5",
+]
 
 
 @dataclass
@@ -76,6 +102,12 @@ class GenRecConfig:
     # Recompute each encoder layer in the backward pass instead of keeping its activations
     # (B x S x d_ff per layer dominates memory with long multimodal histories); same results.
     activation_checkpointing: bool = False
+    # "t5" (paper): dropout on attention probabilities, sublayer outputs and inside the FFN;
+    # "fast": same rate, DropKey attention dropout (fused kernel kept), no FFN-inner dropout.
+    dropout_mode: str = "t5"
+    # "bidirectional" (paper): every history token sees every other; "item_causal": a token sees
+    # its own item's tokens and earlier items' (what one-pass window training needs).
+    encoder_attention: str = "bidirectional"
 
     def __post_init__(self) -> None:
         self.target_offsets = tuple(int(o) for o in self.target_offsets)
@@ -87,6 +119,16 @@ class GenRecConfig:
         if self.position_bias not in ("dual", "t5"):
             raise MscgError(
                 f"genrec position_bias must be 'dual' or 't5', got '{self.position_bias}'."
+            )
+        if self.dropout_mode not in DROPOUT_MODES:
+            raise MscgError(
+                f"genrec dropout_mode must be one of {', '.join(DROPOUT_MODES)}, "
+                f"got '{self.dropout_mode}'."
+            )
+        if self.encoder_attention not in ENCODER_ATTENTIONS:
+            raise MscgError(
+                f"genrec encoder_attention must be one of {', '.join(ENCODER_ATTENTIONS)}, "
+                f"got '{self.encoder_attention}'."
             )
         self._resolve_buckets()
 
@@ -146,228 +188,6 @@ class GenRecConfig:
         )
 
 
-def relative_bucket(
-    rel: Tensor, num_buckets: int, max_distance: int, bidirectional: bool
-) -> Tensor:
-    """T5's bucketing of relative positions (key - query): exact for small, log-spaced for large."""
-    bucket = torch.zeros_like(rel)
-    if bidirectional:
-        num_buckets //= 2
-        bucket = (rel > 0).long() * num_buckets
-        n = rel.abs()
-    else:
-        n = (-rel).clamp(min=0)
-    max_exact = num_buckets // 2
-    large = (
-        max_exact
-        + (
-            torch.log(n.clamp(min=1).float() / max_exact)
-            / math.log(max_distance / max_exact)
-            * (num_buckets - max_exact)
-        ).long()
-    )
-    large = large.clamp(max=num_buckets - 1)
-    return bucket + torch.where(n < max_exact, n, large)
-
-
-def exact_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
-    """One bucket per signed relative position in ``[-max_distance, max_distance]`` (clamped).
-
-    T5's bidirectional index convention without its log-spaced part: ``key - query <= 0`` ->
-    ``|rel|``, ``> 0`` -> ``num_buckets // 2 + rel``; needs ``num_buckets >= 2 * max_distance + 1``.
-    Where T5's bucketing is exact (small distances) the two agree. rel: LongTensor[...].
-    """
-    n = rel.abs().clamp(max=max_distance)
-    return torch.where(rel > 0, num_buckets // 2 + n, n)
-
-
-class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no mean subtraction, statistics in float32. x: [..., d]."""
-
-    def __init__(self, d: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
-
-
-class FeedForward(nn.Module):
-    """T5 FFN: ``wo(drop(relu(wi x)))`` or gated ``wo(drop(gelu(wi_0 x) * wi_1 x))``."""
-
-    def __init__(self, cfg: GenRecConfig) -> None:
-        super().__init__()
-        self.gated = cfg.ffn == "gated-gelu"
-        if self.gated:
-            self.wi_0 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-            self.wi_1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        else:
-            self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.gated:
-            h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
-        else:
-            h = F.relu(self.wi(x))
-        return self.wo(self.dropout(h))
-
-
-class Attention(nn.Module):
-    """Projections of one T5 attention block; ``split``/``merge`` convert [B, n, H*dk] <-> heads."""
-
-    def __init__(self, cfg: GenRecConfig) -> None:
-        super().__init__()
-        inner = cfg.num_heads * cfg.d_kv
-        self.heads, self.d_kv = cfg.num_heads, cfg.d_kv
-        self.q = nn.Linear(cfg.d_model, inner, bias=False)
-        self.k = nn.Linear(cfg.d_model, inner, bias=False)
-        self.v = nn.Linear(cfg.d_model, inner, bias=False)
-        self.o = nn.Linear(inner, cfg.d_model, bias=False)
-
-    def split(self, x: Tensor) -> Tensor:
-        """[B, n, H*dk] -> [B, H, n, dk]."""
-        return x.view(*x.shape[:-1], self.heads, self.d_kv).transpose(-3, -2)
-
-    @staticmethod
-    def merge(x: Tensor) -> Tensor:
-        """[B, H, n, dk] -> [B, n, H*dk]."""
-        return x.transpose(-3, -2).flatten(-2)
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Tensor:
-    """Attention without scaling (T5). q [.., H, Q, dk], k/v [.., H, K, dk], bias [.., H|1, Q, K]."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout, scale=1.0
-    )
-
-
-class EncoderLayer(nn.Module):
-    """Pre-norm self-attention + FFN block. x: [B, S, d], bias: [B|1, H, S, S]."""
-
-    def __init__(self, cfg: GenRecConfig) -> None:
-        super().__init__()
-        self.attn = Attention(cfg)
-        self.ff = FeedForward(cfg)
-        self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.p = cfg.dropout
-
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
-        h = self.norm1(x)
-        a = self.attn
-        out = _attend(a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h)), bias, self._p())
-        x = x + self.dropout(a.o(a.merge(out)))
-        return x + self.dropout(self.ff(self.norm2(x)))
-
-    def _p(self) -> float:
-        return self.p if self.training else 0.0
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention + cross-attention + FFN block."""
-
-    def __init__(self, cfg: GenRecConfig) -> None:
-        super().__init__()
-        self.self_attn = Attention(cfg)
-        self.cross_attn = Attention(cfg)
-        self.ff = FeedForward(cfg)
-        self.norm1 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.norm3 = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.p = cfg.dropout
-
-    def _p(self) -> float:
-        return self.p if self.training else 0.0
-
-    def cross_kv(self, enc: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention keys/values of the encoder output: [B, S, d] -> 2 x [B, H, S, dk]."""
-        a = self.cross_attn
-        return a.split(a.k(enc)), a.split(a.v(enc))
-
-    def forward(
-        self, x: Tensor, self_bias: Tensor, cross: tuple[Tensor, Tensor], cross_mask: Tensor
-    ) -> Tensor:
-        """Teacher-forced pass. x [B, T, d]; self_bias [1, H, T, T] (causal); cross 2 x
-        [B, H, S, dk]; cross_mask [B, 1, 1, S]. Returns [B, T, d]."""
-        a = self.self_attn
-        h = self.norm1(x)
-        out = _attend(a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h)), self_bias, self._p())
-        x = x + self.dropout(a.o(a.merge(out)))
-        c = self.cross_attn
-        out = _attend(c.split(c.q(self.norm2(x))), cross[0], cross[1], cross_mask, self._p())
-        x = x + self.dropout(c.o(c.merge(out)))
-        return x + self.dropout(self.ff(self.norm3(x)))
-
-    def step(
-        self,
-        x: Tensor,
-        cache_k: Tensor | None,
-        cache_v: Tensor | None,
-        self_bias: Tensor,
-        cross: tuple[Tensor, Tensor],
-        cross_mask: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One incremental decoding step for W beams per user (eval mode).
-
-        Args:
-            x: [B, W, d] embeddings of the newest token of each beam.
-            cache_k, cache_v: [B*W, H, t, dk] keys/values of the beams' earlier tokens, or None.
-            self_bias: [1, H, 1, t+1] decoder position bias of the newest position.
-            cross: 2 x [B, H, S, dk], computed once per user and shared by all its beams.
-            cross_mask: [B, 1, 1, S].
-
-        Returns:
-            new x [B, W, d] and the extended caches [B*W, H, t+1, dk].
-        """
-        b, w, _ = x.shape
-        a = self.self_attn
-        h = self.norm1(x).reshape(b * w, 1, -1)
-        q, k, v = a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h))  # [B*W, H, 1, dk]
-        cache_k = k if cache_k is None else torch.cat([cache_k, k], dim=2)
-        cache_v = v if cache_v is None else torch.cat([cache_v, v], dim=2)
-        out = _attend(q, cache_k, cache_v, self_bias, 0.0)
-        x = x + a.o(a.merge(out)).view(b, w, -1)
-        # Cross-attention: the W beams of a user are W query rows against the user's one K/V.
-        c = self.cross_attn
-        out = _attend(c.split(c.q(self.norm2(x))), cross[0], cross[1], cross_mask, 0.0)
-        x = x + c.o(c.merge(out))
-        return x + self.ff(self.norm3(x)), cache_k, cache_v
-
-
-@dataclass
-class DecoderState:
-    """Incremental decoding state of a batch of B users with W beams each.
-
-    ``cross``: per layer 2 x [B, H, S, dk] (never expanded to beams); ``cross_mask``:
-    [B, 1, 1, S]; ``self_k``/``self_v``: per layer [B*W, H, t, dk] or None before the first step.
-    """
-
-    cross: list[tuple[Tensor, Tensor]]
-    cross_mask: Tensor
-    self_k: list[Tensor | None]
-    self_v: list[Tensor | None]
-    step: int = 0
-
-    def reorder(self, parent: Tensor) -> None:
-        """Keep/duplicate beams: parent LongTensor[B, W'] indexes the current W beams."""
-        b = parent.shape[0]
-        w = self.self_k[0].shape[0] // b  # type: ignore[union-attr]
-        rows = (parent + torch.arange(b, device=parent.device)[:, None] * w).flatten()
-        self.self_k = [k.index_select(0, rows) for k in self.self_k]  # type: ignore[union-attr]
-        self.self_v = [v.index_select(0, rows) for v in self.self_v]  # type: ignore[union-attr]
-
-
-def _neg(dtype: torch.dtype) -> float:
-    """Large negative for masked attention logits; finite so fully-masked rows give no NaN."""
-    return torch.finfo(dtype).min / 2
-
-
 class GenRecT5(nn.Module):
     """T5 encoder-decoder over multimodal code histories that generates target-modality codes.
 
@@ -384,7 +204,7 @@ class GenRecT5(nn.Module):
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.encoder_norm = RMSNorm(d, cfg.layer_norm_eps)
         self.decoder_norm = RMSNorm(d, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = make_dropout(cfg.dropout, cfg.dropout_mode)
         if cfg.position_bias == "dual":
             self.item_bias = nn.Embedding(cfg.item_buckets, heads)
             self.code_bias = nn.Embedding(cfg.code_buckets, heads)
@@ -460,12 +280,18 @@ class GenRecT5(nn.Module):
             item_pos, code_pos: LongTensor[S] or [B, S] (see ``tokens.EncoderInputs``).
 
         Returns:
-            FloatTensor[B, S, d_model].
+            FloatTensor[B, S, d_model]. With ``encoder_attention="item_causal"`` the states of an
+            item's tokens depend only on that item and the items before it.
         """
         x = self.dropout(self.embed(input_ids))
         bias = self.encoder_bias_values(item_pos, code_pos)
         pad = torch.where(attention_mask, 0.0, _neg(bias.dtype))[:, None, None, :]
         bias = bias + pad  # [B, H, S, S], shared by every layer as in T5
+        if self.cfg.encoder_attention == "item_causal":
+            # key item no newer than the query's item: item_pos counts back from the newest
+            pos = item_pos.reshape(-1, 1, item_pos.shape[-1])
+            later = pos.transpose(-1, -2) > pos  # [1|B, S(query), S(key)]: key newer
+            bias = bias.masked_fill(later[:, None], _neg(bias.dtype))
         if torch.is_autocast_enabled(x.device.type):
             # one low-precision copy for all layers rather than one [B, H, S, S] copy per layer
             bias = bias.to(torch.get_autocast_dtype(x.device.type))
@@ -512,8 +338,29 @@ class GenRecT5(nn.Module):
         return self.head.weight
 
     def level_logits(self, hidden: Tensor, level: int) -> Tensor:
-        """Logits over level ``level``'s codes: [..., d] -> [..., V_l]."""
-        return F.linear(hidden, self.head_weight(level))
+        """Float32 logits over level ``level``'s codes: [..., d] -> [..., V_l] (also under
+        autocast: close items must not tie or swap in bf16)."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), self.head_weight(level).float())
+
+    def full_logits(self, hidden: Tensor) -> Tensor:
+        """Float32 logits over every level's output rows: [..., d] -> [..., sum_l V_l]."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), self.output_weight().float())
+
+    def logits(self, hidden: Tensor, full_vocab: bool = False) -> Tensor:
+        """Output logits of decoder states [N, D, d]: [N, D, V_max] (level l's columns beyond V_l
+        are -inf) or, with ``full_vocab``, [N, D, sum_l V_l]. Float32."""
+        if full_vocab:
+            return self.full_logits(hidden)
+        depth = hidden.shape[1]
+        v_max = max(self.cfg.target_sizes)
+        out = hidden.new_full((hidden.shape[0], depth, v_max), float("-inf"), dtype=torch.float32)
+        for level in range(depth):
+            out[:, level, : self.cfg.target_sizes[level]] = self.level_logits(
+                hidden[:, level], level
+            )
+        return out
 
     def decode(
         self, enc: Tensor, attention_mask: Tensor, target_codes: Tensor, full_vocab: bool = False
@@ -535,14 +382,41 @@ class GenRecT5(nn.Module):
         cross_mask = torch.where(attention_mask, 0.0, _neg(x.dtype))[:, None, None, :]
         for layer in self.decoder_layers:
             x = layer(x, self_bias, layer.cross_kv(enc), cross_mask)
-        x = self.dropout(self.decoder_norm(x))
-        if full_vocab:
-            return F.linear(x, self.output_weight())
-        v_max = max(self.cfg.target_sizes)
-        logits = x.new_full((x.shape[0], depth, v_max), float("-inf"))
-        for level in range(depth):
-            logits[:, level, : self.cfg.target_sizes[level]] = self.level_logits(x[:, level], level)
-        return logits
+        return self.logits(self.dropout(self.decoder_norm(x)), full_vocab)
+
+    def decode_windows(
+        self, enc: Tensor, attention_mask: Tensor, tokens_per_item: int, target_codes: Tensor
+    ) -> Tensor:
+        """Teacher-forced decoder for every target of a window in one pass (item-causal encoder).
+
+        Target ``t`` follows history item ``t``: its D decoder tokens cross-attend only to the
+        encoder states of items ``0..t`` and self-attend causally within their own block, so each
+        block computes what :meth:`decode` computes for the history ``items[:t+1]``.
+
+        Args:
+            enc: [B, S, d] encoder output, S = T * tokens_per_item (items oldest first).
+            attention_mask: BoolTensor[B, S].
+            tokens_per_item: encoder tokens per history item.
+            target_codes: LongTensor[B, T, D] codes of the item after each history item (any
+                valid codes where there is no target; their states are simply not used).
+
+        Returns:
+            Decoder states FloatTensor[B, T, D, d_model] (feed the kept ones to :meth:`logits`).
+        """
+        b, t, depth = target_codes.shape
+        ids = self.decoder_input_ids(target_codes.reshape(b * t, depth)).view(b, t * depth)
+        x = self.dropout(self.embed(ids))  # [B, T*D, d]
+        block = torch.arange(t, device=x.device).repeat_interleave(depth)  # target of each row
+        level = torch.arange(depth, device=x.device).repeat(t)
+        one = self.decoder_bias_values(depth, x.device)  # [1, H, D, D]
+        self_bias = one[:, :, level[:, None], level[None, :]]  # [1, H, T*D, T*D]
+        self_bias = self_bias.masked_fill(block[:, None] != block[None, :], _neg(x.dtype))
+        key_item = torch.arange(enc.shape[1], device=x.device) // tokens_per_item  # [S]
+        visible = (key_item[None, :] <= block[:, None])[None] & attention_mask[:, None, :]
+        cross_mask = torch.where(visible, 0.0, _neg(x.dtype))[:, None]  # [B, 1, T*D, S]
+        for layer in self.decoder_layers:
+            x = layer(x, self_bias, layer.cross_kv(enc), cross_mask)
+        return self.dropout(self.decoder_norm(x)).view(b, t, depth, -1)
 
     def forward(
         self,
@@ -590,84 +464,4 @@ class GenRecT5(nn.Module):
         return self.decoder_norm(x)
 
 
-def to_hf_t5(model: GenRecT5) -> T5ForConditionalGeneration:
-    """Copy a ``position_bias="t5"`` model into ``transformers.T5ForConditionalGeneration``.
-
-    The HF vocabulary is our input vocabulary; ``lm_head`` row ``target_offsets[l] + c`` holds our
-    output row for (level l, code c) and every other row is zero, so HF's logits at step l equal
-    ours on the tokens a prefix constraint allows. HF's EOS is id 0 (never allowed), so beams end
-    by length. Used by the decode-speed benchmark's baseline and its equivalence test.
-    """
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    cfg = model.cfg
-    if cfg.position_bias != "t5":
-        raise MscgError("only a genrec model with position_bias='t5' maps onto HF T5 weights.")
-    hf_cfg = T5Config(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.d_model,
-        d_kv=cfg.d_kv,
-        d_ff=cfg.d_ff,
-        num_layers=cfg.encoder_layers,
-        num_decoder_layers=cfg.decoder_layers,
-        num_heads=cfg.num_heads,
-        relative_attention_num_buckets=cfg.num_buckets,
-        relative_attention_max_distance=cfg.max_distance,
-        dropout_rate=cfg.dropout,
-        layer_norm_epsilon=cfg.layer_norm_eps,
-        feed_forward_proj=cfg.ffn,
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=0,
-    )
-    hf = T5ForConditionalGeneration(hf_cfg)
-    sd: dict[str, Tensor] = {"shared.weight": model.embed.weight}
-    sd["encoder.embed_tokens.weight"] = model.embed.weight
-    sd["decoder.embed_tokens.weight"] = model.embed.weight
-
-    def attn(prefix: str, a: Attention) -> None:
-        for name in ("q", "k", "v", "o"):
-            sd[f"{prefix}.{name}.weight"] = getattr(a, name).weight
-
-    def ff(prefix: str, f: FeedForward) -> None:
-        names = ("wi_0", "wi_1", "wo") if f.gated else ("wi", "wo")
-        for name in names:
-            sd[f"{prefix}.DenseReluDense.{name}.weight"] = getattr(f, name).weight
-
-    for i, layer in enumerate(model.encoder_layers):
-        p = f"encoder.block.{i}.layer"
-        attn(f"{p}.0.SelfAttention", layer.attn)
-        sd[f"{p}.0.layer_norm.weight"] = layer.norm1.weight
-        ff(f"{p}.1", layer.ff)
-        sd[f"{p}.1.layer_norm.weight"] = layer.norm2.weight
-    for i, layer in enumerate(model.decoder_layers):
-        p = f"decoder.block.{i}.layer"
-        attn(f"{p}.0.SelfAttention", layer.self_attn)
-        sd[f"{p}.0.layer_norm.weight"] = layer.norm1.weight
-        attn(f"{p}.1.EncDecAttention", layer.cross_attn)
-        sd[f"{p}.1.layer_norm.weight"] = layer.norm2.weight
-        ff(f"{p}.2", layer.ff)
-        sd[f"{p}.2.layer_norm.weight"] = layer.norm3.weight
-    sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-        model.encoder_bias.weight
-    )
-    sd["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = (
-        model.decoder_bias.weight
-    )
-    sd["encoder.final_layer_norm.weight"] = model.encoder_norm.weight
-    sd["decoder.final_layer_norm.weight"] = model.decoder_norm.weight
-    lm_head = torch.zeros(cfg.vocab_size, cfg.d_model)
-    for level, (start, size) in enumerate(zip(cfg.target_offsets, cfg.target_sizes)):
-        lm_head[start : start + size] = model.head_weight(level).detach()
-    missing, unexpected = hf.load_state_dict(
-        {k: v.detach().clone() for k, v in sd.items()}, strict=False
-    )
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise RuntimeError(f"HF T5 export mismatch: missing {missing}, unexpected {unexpected}")
-    # transformers 5 always ties lm_head to the shared embedding; a new Parameter unties it
-    # (tie_word_embeddings=False above already turned off the tied-head output scaling).
-    hf.lm_head.weight = nn.Parameter(lm_head)
-    if hf.config.scale_decoder_outputs:
-        raise RuntimeError("HF T5 export expects scale_decoder_outputs=False")
-    return hf.eval()
+from mscg_lightning.stages.genrec.hf_export import to_hf_t5  # noqa: E402  (re-export)

@@ -52,6 +52,11 @@ class GenRecModule(L.LightningModule):
         tie_output: share the output table with the input embeddings.
         activation_checkpointing: recompute encoder layers in the backward pass (less memory,
             about a third more compute; same results).
+        dropout_mode: ``t5`` (paper/T5 dropout sites) or ``fast`` (same rate; DropKey attention
+            dropout that keeps the fused attention kernel, no FFN-inner dropout; see ``layers``).
+        encoder_attention: ``bidirectional`` (paper) or ``item_causal`` (a token sees its own
+            item and earlier items; needed by ``data.init_args.train_mode: windows``, which then
+            trains every target of a window in one pass).
         constrained_training: ``constrained`` (paper Eq. 6: each level's softmax over the
             permissible codes only), ``per_level`` (over the level's codes) or ``full_vocab``
             (over the whole output vocabulary: the paper's "w/o Const. Train." and TIGER).
@@ -89,6 +94,8 @@ class GenRecModule(L.LightningModule):
         check_bucket_sum: bool = True,
         tie_output: bool = False,
         activation_checkpointing: bool = False,
+        dropout_mode: Literal["t5", "fast"] = "t5",
+        encoder_attention: Literal["bidirectional", "item_causal"] = "bidirectional",
         constrained_training: Literal["constrained", "per_level", "full_vocab"] | bool = (
             "constrained"
         ),
@@ -135,6 +142,8 @@ class GenRecModule(L.LightningModule):
                 check_bucket_sum=check_bucket_sum,
                 tie_output=tie_output,
                 activation_checkpointing=activation_checkpointing,
+                dropout_mode=dropout_mode,
+                encoder_attention=encoder_attention,
             )
         )
         self.ks = tuple(ks)
@@ -169,6 +178,14 @@ class GenRecModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._check_catalogue()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        windows = getattr(datamodule, "train_mode", "samples") == "windows"
+        if windows and self.hparams.encoder_attention != "item_causal":
+            raise MscgError(
+                "genrec data.init_args.train_mode 'windows' needs "
+                "model.init_args.encoder_attention 'item_causal' (a bidirectional encoder would "
+                "let earlier targets see later items); set it or use train_mode 'samples'."
+            )
 
     def on_test_start(self) -> None:
         self._check_catalogue()
@@ -193,17 +210,48 @@ class GenRecModule(L.LightningModule):
             batch["history"][keep], mask_prob=mask_prob, masked_modalities=masked
         )
         target = target[keep]
+        total = self._target_loss(lambda full: self.model(*inputs, target, full_vocab=full), target)
+        return total / target.numel(), int(keep.sum())
+
+    def _target_loss(self, logits_of: Any, target: Tensor) -> Tensor:
+        """Summed NLL of target codes [N, D]; ``logits_of(full_vocab)`` gives their logits."""
         mode = self.hparams.constrained_training
         if mode == "full_vocab":
-            logits = self.model(*inputs, target, full_vocab=True)  # [B, D, sum V_l]
-            loss = generative_loss(logits, full_vocab_targets(target, self.layout.target_sizes))
-            return loss, int(keep.sum())
-        logits = self.model(*inputs, target)
+            full = full_vocab_targets(target, self.layout.target_sizes)
+            return generative_loss(logits_of(True), full, reduction="sum")
         allowed = self.index.permissible(target) if mode == "constrained" else None
-        return generative_loss(logits, target, allowed), int(keep.sum())
+        return generative_loss(logits_of(False), target, allowed, reduction="sum")
+
+    def _window_loss(self, batch: dict[str, Tensor], mask_prob: float) -> tuple[Tensor, int]:
+        """One pass per window: ``history``/``targets`` [B, T] (-1 padded left, aligned).
+
+        Every target with target-modality codes is decoded from the item-causal encoder states
+        of the items up to its position; equal to per-sample training on the same (prefix,
+        target) pairs (tested). The summed NLL is divided by ``loss_norm`` x D when the batch
+        carries it (every target of the epoch weighs the same), else by the number of codes.
+        """
+        inputs = self.tokenizer(batch["history"], mask_prob=mask_prob)
+        width = inputs.input_ids.shape[1] // self.layout.tokens_per_item
+        targets = batch["targets"][:, batch["targets"].shape[1] - width :]  # same trimming
+        codes = self.tokenizer.target_codes(targets.clamp(min=0))  # [B, T, D]
+        keep = (targets >= 0) & (codes >= 0).all(dim=-1)
+        n = int(keep.sum())
+        if n == 0:
+            return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0, 0
+        enc = self.model.encode(*inputs)
+        hidden = self.model.decode_windows(
+            enc, inputs.attention_mask, self.layout.tokens_per_item, codes.clamp(min=0)
+        )[keep]  # [N, D, d]
+        target = codes[keep]
+        total = self._target_loss(lambda full: self.model.logits(hidden, full), target)
+        norm = batch["loss_norm"] if "loss_norm" in batch else torch.tensor(float(n))
+        return total / (norm * target.shape[1]), n
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, n = self._loss(batch, self.hparams.mask_prob)
+        if "targets" in batch:
+            loss, n = self._window_loss(batch, self.hparams.mask_prob)
+        else:
+            loss, n = self._loss(batch, self.hparams.mask_prob)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         return loss
 

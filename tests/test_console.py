@@ -73,5 +73,5 @@ def test_short_help_and_section_topics(capsys) -> None:
     assert main(["fit", "--help", "prepare"]) == 0
     assert "--prepare.columns COLUMNS" in capsys.readouterr().out
     assert main(["predict", "--help"]) == 0
-    assert "history   list<string>" in capsys.readouterr().out
+    assert "history     list<int|string>" in capsys.readouterr().out
     assert main(["fit", "--help", "nonsense"]) == 2

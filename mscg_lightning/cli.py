@@ -1,13 +1,16 @@
-"""``mscg``: run the MSCGRec chain or one of its stages from a chain config.
+"""``mscg``: run a chain of stage instances, or one of them, from a chain config.
 
-    mscg fit --config configs/ml100k.yaml            # every stage, skipping those up to date
+    mscg fit --config configs/ml100k.yaml            # every instance, skipping those up to date
+    mscg fit --config configs/compare/tiny.yaml      # SASRec, TIGER, MSCGRec, ablations: one table
     mscg fit --config X.yaml --stages prepare,sasrec --force
-    mscg prepare --config configs/beauty.yaml --run_dir D --data_root ../shared/data
-    mscg <stage> --config X.yaml                      # any single stage: sasrec, rq_text, genrec...
-    mscg test --config X.yaml                         # metrics table of the finished run
+    mscg <instance> --config X.yaml                   # one instance: sasrec, rq_text, tiger...
+    mscg test --run_dir D [--reference NAME] [--out DIR]   # the comparison table of a finished run
+    mscg predict --run_dir D --user_histories H.parquet [--instance tiger]
     mscg fit --config X.yaml --print_config           # the resolved chain config
-    mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
+    mscg report --run_dir D [--out report.png]        # PNG of the TensorBoard curves + table
 
+``test``, ``predict``, ``attribute`` and ``report`` only read the run directory (its
+``config.yaml`` stands in for ``--config``); their outputs go where ``--out`` / ``--output`` say.
 Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 1 anything else.
 """
 
@@ -19,41 +22,104 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mscg_lightning.errors import MscgError
-from mscg_lightning.pipeline import CHAIN_ORDER
 
 COMMANDS = {
-    "fit": "run the chain: every configured stage in order, skipping those up to date",
-    "test": "print the metrics table (SASRec and GenRec, with 95% bootstrap CIs) of a finished run",
+    "fit": "run the chain: every stage instance in order, skipping those up to date",
+    "test": "print the comparison table (every SASRec and GenRec instance, 95% bootstrap CIs, "
+    "paired differences vs the reference) of a finished run",
     "predict": "top-K items for user histories given as Parquet",
     "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
-    "report": "PNG of the main training curves from TensorBoard, and the metrics table",
-    **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
+    "report": "PNG of the main training curves from TensorBoard, and the comparison table",
 }
+#: Commands that only read a run directory: they never create or write into it.
+READ_ONLY = ("test", "predict", "attribute")
+#: Options of a command that are not part of the chain config (not saved in config.yaml).
+COMMAND_KEYS = (
+    "force",
+    "stages",
+    "metric",
+    "user_histories",
+    "output",
+    "top_k",
+    "instance",
+    "out",
+    "print_config",
+)
 
 
 def _usage() -> str:
     lines = ["usage: mscg COMMAND --config CHAIN.yaml [options]", "", "commands:"]
     lines += [f"  {name:<12} {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "  INSTANCE     run only the stage instance INSTANCE of the config (--force redoes it)"
+    ]
     lines += ["", "`mscg COMMAND --help` lists the options of a command."]
     return "\n".join(lines)
 
 
-def _parser(command: str):
+def _parser(command: str, instances: dict[str, str]):
     from mscg_lightning.config import chain_parser
 
-    parser = chain_parser(prog=f"mscg {command}")
-    parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
+    parser = chain_parser(prog=f"mscg {command}", instances=instances)
+    if command not in READ_ONLY:
+        parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
     if command == "fit":
         parser.add_argument(
-            "--stages", type=str | None, default=None, help="comma-separated subset of stages"
+            "--stages", type=str | None, default=None, help="comma-separated subset of instances"
+        )
+    if command in ("predict", "attribute"):
+        parser.add_argument(
+            "--instance",
+            type=str | None,
+            default=None,
+            help="the genrec instance to use (default: the only one, or 'genrec')",
         )
     if command == "attribute":
         parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
+        parser.add_argument("--out", type=str | None, default=None, help="attribution JSON file")
+    if command == "test":
+        parser.add_argument(
+            "--out", type=str | None, default=None, help="folder for metrics.md and metrics.json"
+        )
     if command == "predict":
         parser.add_argument("--user_histories", type=str, required=True)
         parser.add_argument("--output", type=str, default=None)
         parser.add_argument("--top_k", type=int, default=10)
     return parser
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name V`` / ``--name=V`` in ``args`` (the last one), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _existing_run_dir(run_dir: str | None, command: str) -> Path:
+    """A read-only command's run directory: it must exist (nothing is created)."""
+    if not run_dir:
+        raise MscgError(f"mscg {command} needs --run_dir (the run directory of mscg fit).")
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise MscgError(f"the run directory {path} does not exist: check --run_dir.")
+    return path
+
+
+def _with_saved_config(command: str, args: list[str]) -> list[str]:
+    """A read-only command without ``--config`` reads ``<run_dir>/config.yaml``."""
+    if command not in READ_ONLY or _option(args, "config") is not None:
+        return args
+    if any(a in ("-h", "--help") for a in args):
+        return args
+    run_dir = _existing_run_dir(_option(args, "run_dir"), command)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MscgError(f"{saved} does not exist: pass --config, or run `mscg fit` first.")
+    return ["--config", str(saved), *args]
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -63,13 +129,21 @@ def main(args: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
-        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if command == "report":
         return _report(rest)
-    parser = _parser(command)
+    from mscg_lightning.graph import build_graph, config_files, discover, load_raw
+
+    try:
+        rest = _with_saved_config(command, rest)
+        instances = discover(load_raw(config_files(rest)))
+    except MscgError as err:
+        print(f"mscg: error: {err}", file=sys.stderr)
+        return 2
+    if command not in COMMANDS and command not in instances:
+        print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    parser = _parser(command, instances)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
     except SystemExit as exc:
@@ -77,52 +151,106 @@ def main(args: Sequence[str] | None = None) -> int:
     from mscg_lightning.artifacts import is_rank_zero
 
     try:
+        # the whole chain is checked before anything runs or is written
+        graph = build_graph(config, instances)
+        if command in READ_ONLY:
+            _existing_run_dir(config.run_dir, command)
+            return _run(command, config, graph)
         run_dir = Path(config.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # The resolved chain config of the latest command, next to the results (rank 0 only).
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MscgError(f"cannot create the run directory {run_dir}: {err.strerror}.") from err
+        # The resolved chain config of the latest run, next to the results (rank 0 only).
         if is_rank_zero():
-            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_check=True)
-        return _run(command, config)
+            save_config(parser, config, run_dir / "config.yaml")
+        return _run(command, config, graph)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2
 
 
-def _run(command: str, config) -> int:
+def save_config(parser, config, path: Path) -> None:
+    """The chain config (without command options) as YAML, written atomically."""
+    import yaml
+
+    data = yaml.safe_load(parser.dump(config, skip_check=True))
+    for key in COMMAND_KEYS:
+        data.pop(key, None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def _run(command: str, config, graph) -> int:
     from mscg_lightning import pipeline
 
     if command == "fit":
         stages = [s.strip() for s in config.stages.split(",")] if config.stages else None
-        pipeline.run_chain(config, stages=stages, force=config.force)
-        _print_report(config)
+        pipeline.run_chain(config, graph, stages=stages, force=config.force)
+        _compare(config, graph, missing_ok=True, out=Path(config.run_dir))
         return 0
     if command == "test":
-        _print_report(config, missing_ok=False)
+        _compare(config, graph, missing_ok=False, out=Path(config.out) if config.out else None)
         return 0
+    if command in ("attribute", "predict"):
+        config.instance = _genrec_instance(config, graph)
     if command == "attribute":
         from mscg_lightning.stages.genrec.attribution import attribute
 
-        attribute(config, metric=config.metric)
+        attribute(config, metric=config.metric, out=Path(config.out) if config.out else None)
         return 0
     if command == "predict":
         from mscg_lightning.stages.genrec.stage import predict
 
         predict(config)
         return 0
-    pipeline.run_chain(config, stages=[command], force=config.force)
+    pipeline.run_chain(config, graph, stages=[command], force=config.force)
     return 0
 
 
-def _print_report(config, missing_ok: bool = True) -> None:
+def _genrec_instance(config, graph) -> str:
+    genrecs = [n for n, inst in graph.instances.items() if inst.kind.name == "genrec"]
+    if config.instance:
+        if config.instance not in genrecs:
+            raise MscgError(
+                f"--instance {config.instance} is not a genrec instance of the config "
+                f"(genrec instances: {', '.join(genrecs) or 'none'})."
+            )
+        return config.instance
+    if len(genrecs) == 1:
+        return genrecs[0]
+    if "genrec" in genrecs:
+        return "genrec"
+    raise MscgError(
+        f"the config has several genrec instances ({', '.join(genrecs)}): choose one with "
+        "--instance NAME."
+    )
+
+
+def _compare(config, graph, missing_ok: bool, out: Path | None) -> None:
+    """Print the comparison table; write metrics.md / metrics.json (and TensorBoard) to ``out``.
+
+    ``mscg fit`` passes its run directory; ``mscg test`` writes only where ``--out`` says.
+    """
     from mscg_lightning.artifacts import is_rank_zero
-    from mscg_lightning.report import metrics_report, write_tensorboard_text
+    from mscg_lightning.compare import comparison, format_markdown, format_terminal, write_outputs
+    from mscg_lightning.report import write_tensorboard_text
 
     if not is_rank_zero():
         return
-    text = metrics_report(Path(config.run_dir), missing_ok=missing_ok)
-    if text:
-        print(text)
-        write_tensorboard_text(Path(config.run_dir), text)
+    run_dir = Path(config.run_dir)
+    reference = config.reference or graph.reference
+    result = comparison(run_dir, graph.model_rows(), reference, missing_ok=missing_ok)
+    if result is None:
+        return
+    print(f"Test metrics, {run_dir}:")
+    print(format_terminal(result))
+    if out is not None:
+        md, _ = write_outputs(result, out)
+        print(f"[mscg] every metric: {md} and {md.with_suffix('.json')}")
+        if out == run_dir:
+            write_tensorboard_text(run_dir, format_markdown(result))
 
 
 def _report(args: Sequence[str]) -> int:
@@ -133,13 +261,15 @@ def _report(args: Sequence[str]) -> int:
 
     parser = ArgumentParser(prog="mscg report", description=COMMANDS["report"])
     parser.add_argument("--run_dir", type=str, required=True, help="the run directory of mscg fit")
-    parser.add_argument("--out", type=str | None, default=None, help="PNG (<run_dir>/report.png)")
+    parser.add_argument(
+        "--out", type=str | None, default=None, help="PNG (default: ./<run_dir name>-report.png)"
+    )
     try:
         opts = parser.parse_args(list(args))
     except SystemExit as exc:
         return int(exc.code or 0)
-    run_dir = Path(opts.run_dir)
     try:
+        run_dir = _existing_run_dir(opts.run_dir, "report")
         out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
         text = metrics_report(run_dir, missing_ok=True)
     except MscgError as err:

@@ -12,6 +12,7 @@ two rows share): the difference of means, its percentile 95% CI, and whether tha
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ def format_terminal(result: dict[str, Any], metric: str = DEFAULT_METRIC) -> str
     notes = "mean [95% bootstrap CI over test users]"
     if reference:
         notes += f"; d = paired difference vs {reference} [95% CI], * = CI excludes 0"
-    return "\n".join([*lines, notes])
+    return "\n".join([*lines, textwrap.fill(notes, MAX_WIDTH)])
 
 
 def format_markdown(result: dict[str, Any]) -> str:

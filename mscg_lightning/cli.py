@@ -122,6 +122,20 @@ def _with_saved_config(command: str, args: list[str]) -> list[str]:
     return ["--config", str(saved), *args]
 
 
+def parse_chain(command: str, args: Sequence[str]):
+    """(parser, config, graph) of ``mscg COMMAND ARGS``: both passes and every chain check.
+
+    Raises :class:`MscgError` for a bad chain, ``SystemExit(2)`` for a bad option (printed).
+    """
+    from mscg_lightning.graph import build_graph, config_files, discover, load_raw
+
+    args = _with_saved_config(command, list(args))
+    instances = discover(load_raw(config_files(args)))
+    parser = _parser(command, instances)
+    config = parser.parse_args(args)
+    return parser, config, build_graph(config, instances)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (tests call it in-process)."""
     args = list(sys.argv[1:] if args is None else args)

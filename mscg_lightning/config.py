@@ -29,7 +29,19 @@ class ChainParser(LightningArgumentParser):
 
 
 #: Init args that the pipeline fills in from the input artifacts; a chain config cannot set them.
-WIRED_ARGS = {"dim", "num_items", "embeddings", "prepared_dir", "token_layout"}
+WIRED_ARGS = {
+    "dim",
+    "num_items",
+    "embeddings",
+    "prepared_dir",
+    "token_layout",
+    "text_dim",
+    "image_dim",
+    "text",
+    "image",
+    "text_labels",
+    "image_labels",
+}
 
 
 def _add_lightning_section(

@@ -212,3 +212,51 @@ def test_xmodal_parts_type_check(tmp_path):
     assert graph.order() == ["prepare", "te", "ie", "xm", "g"]
     with pytest.raises(MscgError, match="read by part: name one of xm:text, xm:image"):
         build_graph(config({"text": "xm"}), kinds)
+
+
+XMODAL = {
+    "kind": "rq_xmodal",
+    "inputs": {"text": "text_embed", "image": "image_embed"},
+    "model": {
+        "class_path": "mscg_lightning.stages.rq_xmodal.module.CrossModalRQModule",
+        "init_args": {
+            "latent_dim": 8,
+            "hidden_dims": [16],
+            "levels": 2,
+            "codebook_size": 4,
+            "pseudo_label_clusters": 4,
+            "pseudo_label_iters": 3,
+            "kmeans_iters": 2,
+        },
+    },
+    "data": {
+        "class_path": "mscg_lightning.stages.rq_xmodal.module.PairedEmbeddingsDataModule",
+        "init_args": {"batch_size": 16},
+    },
+}
+
+
+def test_a_kind_with_parts_feeds_genrec_through_the_graph(tmp_path, capsys):
+    """rq_xmodal writes parts text/ and image/; a genrec instance reads them as xmodal:text."""
+
+    def edit(data):
+        data["xmodal"] = {**XMODAL, "trainer": data["rq_text"]["trainer"]}
+        data["mscgrec"]["modalities"] = {
+            "text": "xmodal:text",
+            "image": "xmodal:image",
+            "collab": "rq_collab",
+        }
+        for name in ("tiger", "no_const_train", "no_pos_emb", "masking", "rq_text", "rq_image"):
+            del data[name]
+
+    config = _variant(tmp_path, edit)
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(config), "--run_dir", str(run)]
+    assert main([*args, "--data_root", str(REPO / "tests" / "fixtures")]) == 0
+    manifest = Manifest.read(run / "xmodal")
+    assert manifest.kind == "rq_xmodal" and manifest.parts == {"text": "codes", "image": "codes"}
+    genrec = Manifest.read(run / "mscgrec")
+    assert genrec.kind == "genrec" and set(genrec.inputs) == {"prepare", "xmodal", "rq_collab"}
+    layout = genrec.extra["token_layout"]
+    assert layout["modalities"] == ["text", "image", "collab"]
+    assert "mscgrec " in capsys.readouterr().out

@@ -170,6 +170,7 @@ def main(args: Sequence[str] | None = None) -> int:
         if command in READ_ONLY:
             _existing_run_dir(config.run_dir, command)
             return _run(command, config, graph)
+        _check_stages(command, config, graph)
         run_dir = Path(config.run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +183,20 @@ def main(args: Sequence[str] | None = None) -> int:
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2
+
+
+def _check_stages(command: str, config, graph) -> None:
+    """The instances ``fit --stages`` or ``mscg INSTANCE`` names exist and run (before any write)."""
+    names = [command] if command not in COMMANDS else []
+    if command == "fit" and config.stages:
+        names = [s.strip() for s in config.stages.split(",")]
+    for name in names:
+        if name in graph.disabled:
+            raise MscgError(f"stage '{name}' has no model configured, so it cannot run.")
+        if name not in graph.instances:
+            raise MscgError(
+                f"unknown stage '{name}'; the stage instances are: {', '.join(graph.order())}."
+            )
 
 
 def save_config(parser, config, path: Path) -> None:

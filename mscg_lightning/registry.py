@@ -180,6 +180,13 @@ def _validate_genrec(name: str, section: Any) -> None:
         raise MscgError(
             f"{name}.target '{target}' is not one of {name}.modalities {list(modalities)}."
         )
+    masked = init_arg(section, "eval_masked_modalities") or []
+    unknown = [m for m in masked if m not in modalities]
+    if unknown:
+        raise MscgError(
+            f"{name}.model.init_args.eval_masked_modalities names '{unknown[0]}', which is not "
+            f"one of {name}.modalities {list(modalities)}."
+        )
     top_k, beams = init_arg(section, "top_k"), init_arg(section, "num_beams")
     if isinstance(top_k, int) and isinstance(beams, int) and top_k > beams:
         raise MscgError(

@@ -96,6 +96,10 @@ def _check(edit) -> None:
         (_set("seed", -1), "seed -1 is negative"),
         (_set("reference", "mscgrek"), "reference 'mscgrek' is not a model instance"),
         (_set("mscgrec.modalities", {}), "mscgrec.modalities is empty"),
+        (
+            _set("masking.model.init_args.eval_masked_modalities", ["imag"]),
+            "eval_masked_modalities names 'imag'",
+        ),
     ],
 )
 def test_bad_chains_are_one_sentence(edit, phrase):
@@ -138,6 +142,7 @@ def test_run_dir_under_a_file_and_unknown_instance(tmp_path, capsys):
     assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
     code = main(["fit", "--config", str(TINY), "--run_dir", str(tmp_path / "r"), "--stages", "x"])
     assert code == 2 and "unknown stage 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_graph_order_is_topological_in_config_order():

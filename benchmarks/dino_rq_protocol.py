@@ -61,7 +61,7 @@ def summarise(bench, labels: np.ndarray, runs: list[dict], seed: int = 0) -> dic
 
     Each run holds ``codes`` [N, L] and ``knn_correct`` [N] bool. The mean is over runs on all
     evaluation images; the interval pools ``N_BOOT`` image resamples (the same for every run)
-    over all runs.
+    over all runs, its percentiles shifted by the resampling bias (duplicates inflate NMI/purity).
     """
     rng = np.random.default_rng(seed)
     resamples = [rng.integers(0, len(labels), len(labels)) for _ in range(N_BOOT)]
@@ -77,11 +77,17 @@ def summarise(bench, labels: np.ndarray, runs: list[dict], seed: int = 0) -> dic
             values["knn20_accuracy"].append(float(run["knn_correct"][idx].mean()))
     out = {}
     for name in values:
-        low, high = np.percentile(values[name], [2.5, 97.5])
+        # A resample duplicates images, which inflates NMI and purity, so the plain percentile
+        # interval can miss the estimate (it did: full-code NMI 0.419, interval 0.459-0.468).
+        # The percentiles are shifted by that resampling bias (mean of the resamples minus the
+        # estimate): the interval keeps the bootstrap spread, centred where the estimate is.
+        estimate = float(np.mean(means[name]))
+        bias = float(np.mean(values[name])) - estimate
+        q_low, q_high = np.percentile(values[name], [2.5, 97.5])
         out[name] = {
-            "mean": round(float(np.mean(means[name])), 4),
-            "ci_low": round(float(low), 4),
-            "ci_high": round(float(high), 4),
+            "mean": round(estimate, 4),
+            "ci_low": round(max(0.0, float(q_low) - bias), 4),  # every metric is in [0, 1]
+            "ci_high": round(min(1.0, float(q_high) - bias), 4),
         }
     return out
 
@@ -234,7 +240,7 @@ def run(bench, args: argparse.Namespace) -> dict:
         "finetune_steps": ft_steps,
         "train_seeds": [args.seed + 1 + ts for ts in range(args.train_seeds)],
         "kmeans_seeds": max(1, args.kmeans_seeds),
-        "ci": f"2.5/97.5 percentiles of {N_BOOT} eval-image resamples pooled over runs",
+        "ci": f"2.5/97.5 percentiles of {N_BOOT} eval-image resamples pooled over runs, shifted by the resampling bias",
         "train_images": len(train_files),
         "eval_images": len(eval_files),
         "vit": vit,

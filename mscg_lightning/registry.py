@@ -269,5 +269,21 @@ for _kind in (
         validate=_validate_genrec,
         model_row=True,
     ),
+    StageKind(
+        "macrec",
+        run="mscg_lightning.stages.genrec.macrec_stage:run",
+        inputs={
+            "prepare": _PREPARED,
+            "text": Slot(
+                ("codes",), doc="text codes: xmodal:text, an rq instance, prepare:codes_*"
+            ),
+            "image": Slot(
+                ("codes",), doc="image codes: xmodal:image, an rq instance, prepare:codes_*"
+            ),
+        },
+        provides="model",
+        lightning=True,
+        model_row=True,
+    ),
 ):
     register(_kind)

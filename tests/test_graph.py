@@ -198,7 +198,7 @@ def test_parts_are_addressed_and_validated(tmp_path):
 def test_xmodal_parts_type_check(tmp_path):
     """A genrec reads rq_xmodal's parts by name; the whole artifact is no codes artifact."""
     kinds = {"prepare": "prepare", "te": "text_embed", "ie": "image_embed", "xm": "rq_xmodal"}
-    kinds["g"] = "genrec"
+    kinds.update(g="genrec", m="macrec")
     model = Namespace(class_path="x.Y", init_args=Namespace())
 
     def config(modalities):
@@ -211,10 +211,12 @@ def test_xmodal_parts_type_check(tmp_path):
             ie=Namespace(inputs={}),
             xm=Namespace(inputs={"text": "te", "image": "ie"}, model=model),
             g=Namespace(inputs={}, model=model, modalities=modalities, target="text"),
+            m=Namespace(inputs={"text": "xm:text", "image": "xm:image"}, model=model),
         )
 
     graph = build_graph(config({"text": "xm:text", "image": "xm:image"}), kinds)
-    assert graph.order() == ["prepare", "te", "ie", "xm", "g"]
+    assert graph.order() == ["prepare", "te", "ie", "xm", "g", "m"]
+    assert graph.model_rows() == ["g", "m"]  # MACRec is a row of the comparison table
     with pytest.raises(MscgError, match="read by part: name one of xm:text, xm:image"):
         build_graph(config({"text": "xm"}), kinds)
 

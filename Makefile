@@ -1,4 +1,5 @@
-# mscg_lightning: `make demo` runs the chain on the embedded default, `make test` the test suite.
+# mscg_lightning: `make demo` compares SASRec, TIGER, MSCGRec and ablations on the embedded
+# default (MovieLens-100K, configs/compare/ml100k.yaml), `make test` runs the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch (from local disk on the project's machines). On a CUDA machine:
@@ -43,7 +44,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 demo: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/mscg fit --config configs/ml100k.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/mscg fit --config configs/compare/ml100k.yaml
 
 clean:
 	rm -rf runs .pytest_cache

@@ -23,8 +23,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _common import append_row, write_result  # noqa: E402
 
 from mscg_lightning import pipeline  # noqa: E402
-from mscg_lightning.cli import _parser  # noqa: E402
-from mscg_lightning.report import METRIC_STAGES  # noqa: E402
+from mscg_lightning.cli import parse_chain  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,13 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
     fit_args = ["--config", args.config]
     for overlay in args.overlay:
         fit_args += ["--config", overlay]
-    config = _parser("fit").parse_args([*fit_args, *args.extra])
+    _, config, graph = parse_chain("fit", [*fit_args, *args.extra])
     run_dir = Path(config.run_dir)
     start = time.perf_counter()
-    timings = pipeline.run_chain(config, force=args.force)
+    timings = pipeline.run_chain(config, graph, force=args.force)
     wall = time.perf_counter() - start
     metrics = {}
-    for stage in METRIC_STAGES:
+    for stage in graph.model_rows():
         path = run_dir / stage / "metrics.json"
         if path.is_file():
             metrics[stage] = json.loads(path.read_text())["test"]

@@ -49,8 +49,11 @@ def stable_hash(obj: Any) -> str:
 class Manifest:
     """What an artifact is, what made it and from what.
 
-    ``inputs`` maps an input artifact's name to its ``content_hash``; a stage whose config hash
-    and input hashes are unchanged is up to date.
+    ``stage`` is the instance that made it and ``kind`` its stage kind; ``inputs`` maps an input
+    artifact's name to its ``content_hash``; a stage whose config hash and input hashes are
+    unchanged is up to date. ``parts`` lists the named outputs (``{part: payload}``): part
+    sub-directories, each a finished artifact with its own manifest, addressed as
+    ``<instance>:<part>``, or (prepare) columns of the items table.
     """
 
     stage: str
@@ -58,6 +61,8 @@ class Manifest:
     inputs: dict[str, str] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = ""
+    parts: dict[str, str] = field(default_factory=dict)
     package_version: str = field(default_factory=package_version)
     created_at: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -73,6 +78,8 @@ class Manifest:
                 "inputs": self.inputs,
                 "rows": self.rows,
                 "extra": self.extra,
+                "kind": self.kind,
+                "parts": self.parts,
             }
         )
 
@@ -95,9 +102,9 @@ class Manifest:
 
 
 def read_manifest(directory: str | Path, stage: str | None = None) -> Manifest:
-    """Read an artifact's manifest, checking that it was made by ``stage`` when given."""
+    """Read an artifact's manifest, checking that it was made by an instance or a kind ``stage``."""
     manifest = Manifest.read(directory)
-    if stage is not None and manifest.stage != stage:
+    if stage is not None and stage not in (manifest.stage, manifest.kind):
         raise MscgError(
             f"{directory} was made by stage '{manifest.stage}', but stage '{stage}' was expected."
         )

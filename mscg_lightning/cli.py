@@ -1,14 +1,17 @@
-"""``mscg``: run the MSCGRec chain or one of its stages from a chain config.
+"""``mscg``: run a chain of stage instances, or one of them, from a chain config.
 
-    mscg fit --config configs/ml100k.yaml            # every stage, skipping those up to date
+    mscg fit --config configs/ml100k.yaml            # every instance, skipping those up to date
+    mscg fit --config configs/compare/tiny.yaml      # SASRec, TIGER, MSCGRec, ablations: one table
     mscg fit --config X.yaml --stages prepare,sasrec --force
-    mscg prepare --config configs/beauty.yaml --run_dir D --data_root ../shared/data
-    mscg <stage> --config X.yaml                      # any single stage: sasrec, rq_text, genrec...
-    mscg test --config X.yaml                         # metrics table of the finished run
+    mscg <instance> --config X.yaml                   # one instance: sasrec, rq_text, tiger...
+    mscg test --run_dir D [--reference NAME] [--out DIR]   # the comparison table of a finished run
+    mscg predict --run_dir D --user_histories H.parquet [--instance tiger]
     mscg fit --config X.yaml --print_config           # the resolved chain config
-    mscg report --run_dir D [--out D/report.png]      # PNG of the TensorBoard curves + table
+    mscg report --run_dir D [--out report.png]        # PNG of the TensorBoard curves + table
     mscg export --config X.yaml [--format csv]        # codes + predictions with raw ids
 
+``test``, ``predict``, ``attribute`` and ``report`` only read the run directory (its
+``config.yaml`` stands in for ``--config``); their outputs go where ``--out`` / ``--output`` say.
 Exit codes: 0 success, 2 bad config or bad input (one sentence on stderr), 130 interrupted
 (Ctrl-C: rerunning the command resumes), 1 anything else.
 """
@@ -22,17 +25,30 @@ from pathlib import Path
 
 from mscg_lightning.allocator import tune_allocator
 from mscg_lightning.errors import MscgError
-from mscg_lightning.pipeline import CHAIN_ORDER
 
 COMMANDS = {
-    "fit": "run the chain: every configured stage in order, skipping those up to date",
-    "test": "print the metrics table (SASRec and GenRec, with 95% bootstrap CIs) of a finished run",
+    "fit": "run the chain: every stage instance in order, skipping those up to date",
+    "test": "print the comparison table (every SASRec and GenRec instance, 95% bootstrap CIs, "
+    "paired differences vs the reference) of a finished run",
     "predict": "top-K items for user histories given as Parquet",
     "attribute": "exact Shapley values of the input modalities on the test split (paper Table 3b)",
-    "report": "PNG of the main training curves from TensorBoard, and the metrics table",
+    "report": "PNG of the main training curves from TensorBoard, and the comparison table",
     "export": "item codes per modality and predictions, with raw ids, as Parquet or CSV",
-    **{name: f"run only the stage '{name}' (with --force to redo it)" for name in CHAIN_ORDER},
 }
+#: Commands that only read a run directory: they never create or write into it.
+READ_ONLY = ("test", "predict", "attribute")
+#: Options of a command that are not part of the chain config (not saved in config.yaml).
+COMMAND_KEYS = (
+    "force",
+    "stages",
+    "metric",
+    "user_histories",
+    "output",
+    "top_k",
+    "instance",
+    "out",
+    "print_config",
+)
 
 
 #: ``mscg predict --user_histories``: the schema, checked before ranking (data/validate.py).
@@ -48,21 +64,37 @@ USER_HISTORIES_HELP = (
 def _usage() -> str:
     lines = ["usage: mscg COMMAND --config CHAIN.yaml [options]", "", "commands:"]
     lines += [f"  {name:<12} {text}" for name, text in COMMANDS.items()]
+    lines += [
+        "  INSTANCE     run only the stage instance INSTANCE of the config (--force redoes it)"
+    ]
     lines += ["", "`mscg COMMAND --help` lists the options of a command."]
     return "\n".join(lines)
 
 
-def _parser(command: str):
+def _parser(command: str, instances: dict[str, str]):
     from mscg_lightning.config import chain_parser
 
-    parser = chain_parser(prog=f"mscg {command}")
-    parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
+    parser = chain_parser(prog=f"mscg {command}", instances=instances)
+    if command not in READ_ONLY:
+        parser.add_argument("--force", action="store_true", help="redo stages even when up to date")
     if command == "fit":
         parser.add_argument(
-            "--stages", type=str | None, default=None, help="comma-separated subset of stages"
+            "--stages", type=str | None, default=None, help="comma-separated subset of instances"
+        )
+    if command in ("predict", "attribute"):
+        parser.add_argument(
+            "--instance",
+            type=str | None,
+            default=None,
+            help="the genrec instance to use (default: the only one, or 'genrec')",
         )
     if command == "attribute":
         parser.add_argument("--metric", type=str, default="ndcg@10", help="e.g. recall@10")
+        parser.add_argument("--out", type=str | None, default=None, help="attribution JSON file")
+    if command == "test":
+        parser.add_argument(
+            "--out", type=str | None, default=None, help="folder for metrics.md and metrics.json"
+        )
     if command == "export":
         parser.add_argument("--out", type=str | None, default=None, help="(<run_dir>/export)")
         parser.add_argument("--format", type=str, default="parquet", help="parquet or csv")
@@ -73,6 +105,54 @@ def _parser(command: str):
     return parser
 
 
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name V`` / ``--name=V`` in ``args`` (the last one), else None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _existing_run_dir(run_dir: str | None, command: str) -> Path:
+    """A read-only command's run directory: it must exist (nothing is created)."""
+    if not run_dir:
+        raise MscgError(f"mscg {command} needs --run_dir (the run directory of mscg fit).")
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise MscgError(f"the run directory {path} does not exist: check --run_dir.")
+    return path
+
+
+def _with_saved_config(command: str, args: list[str]) -> list[str]:
+    """A read-only command without ``--config`` reads ``<run_dir>/config.yaml``."""
+    if command not in READ_ONLY or _option(args, "config") is not None:
+        return args
+    if any(a in ("-h", "--help") for a in args):
+        return args
+    run_dir = _existing_run_dir(_option(args, "run_dir"), command)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise MscgError(f"{saved} does not exist: pass --config, or run `mscg fit` first.")
+    return ["--config", str(saved), *args]
+
+
+def parse_chain(command: str, args: Sequence[str]):
+    """(parser, config, graph) of ``mscg COMMAND ARGS``: both passes and every chain check.
+
+    Raises :class:`MscgError` for a bad chain, ``SystemExit(2)`` for a bad option (printed).
+    """
+    from mscg_lightning.graph import build_graph, config_files, discover, load_raw
+
+    args = _with_saved_config(command, list(args))
+    instances = discover(load_raw(config_files(args)))
+    parser = _parser(command, instances)
+    config = parser.parse_args(args)
+    return parser, config, build_graph(config, instances)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (tests call it in-process)."""
     tune_allocator()  # keep large freed blocks (glibc); MSCG_MALLOC=default: off
@@ -81,21 +161,35 @@ def main(args: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command not in COMMANDS:
-        print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
-        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from mscg_lightning.console import quiet_third_party
 
     quiet_third_party()
     if command == "report":
         return _report(rest)
-    parser = _parser(command)
     from mscg_lightning.cli_help import help_topic
+    from mscg_lightning.graph import build_graph, config_files, discover, load_raw
+    from mscg_lightning.registry import kinds
 
     topic = help_topic(rest)
+    try:
+        if topic is None:
+            rest = _with_saved_config(command, rest)
+        instances = discover(load_raw(config_files(rest)))
+    except MscgError as err:
+        print(f"mscg: error: {err}", file=sys.stderr)
+        return 2
+    if not config_files(rest):
+        if topic is not None:  # `mscg fit --help genrec` without a config: one section per kind
+            instances = {kind: kind for kind in kinds()}
+        elif command not in COMMANDS and command in kinds():
+            instances = {command: command}  # `mscg prepare --prepare.adapter ...`
+    if command not in COMMANDS and command not in instances:
+        print(f"mscg: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    parser = _parser(command, instances)
     if topic is not None:
-        return _help(command, topic, parser)
+        return _help(command, topic, parser, instances)
     try:
         config = parser.parse_args(rest)  # jsonargparse prints its message and exits 2
     except SystemExit as exc:
@@ -104,12 +198,18 @@ def main(args: Sequence[str] | None = None) -> int:
     from mscg_lightning.storage import call_guarded
 
     def body() -> int:
+        # the whole chain is checked before anything runs or is written
+        graph = build_graph(config, instances)
+        if command in READ_ONLY:
+            _existing_run_dir(config.run_dir, command)
+            return _run(command, config, graph)
+        _check_stages(command, config, graph)
         run_dir = Path(config.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # The resolved chain config of the latest command, next to the results (rank 0 only).
+        run_dir.mkdir(parents=True, exist_ok=True)  # OSError: one sentence (call_guarded)
+        # The resolved chain config of the latest run, next to the results (rank 0 only).
         if is_rank_zero():
-            parser.save(config, run_dir / "config.yaml", overwrite=True, skip_validation=True)
-        return _run(command, config)
+            save_config(parser, config, run_dir / "config.yaml")
+        return _run(command, config, graph)
 
     try:
         # Ctrl-C: one line, exit 130; disk full / read-only run dir: one sentence (storage.py)
@@ -119,21 +219,49 @@ def main(args: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _run(command: str, config) -> int:
+def _check_stages(command: str, config, graph) -> None:
+    """The instances ``fit --stages`` or ``mscg INSTANCE`` names exist and run (before any write)."""
+    names = [command] if command not in COMMANDS else []
+    if command == "fit" and config.stages:
+        names = [s.strip() for s in config.stages.split(",")]
+    for name in names:
+        if name in graph.disabled:
+            raise MscgError(f"stage '{name}' has no model configured, so it cannot run.")
+        if name not in graph.instances:
+            raise MscgError(
+                f"unknown stage '{name}'; the stage instances are: {', '.join(graph.order())}."
+            )
+
+
+def save_config(parser, config, path: Path) -> None:
+    """The chain config (without command options) as YAML, written atomically."""
+    import yaml
+
+    data = yaml.safe_load(parser.dump(config, skip_check=True))
+    for key in COMMAND_KEYS:
+        data.pop(key, None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)
+
+
+def _run(command: str, config, graph) -> int:
     from mscg_lightning import pipeline
 
     if command == "fit":
         stages = [s.strip() for s in config.stages.split(",")] if config.stages else None
-        pipeline.run_chain(config, stages=stages, force=config.force)
-        _print_report(config)
+        pipeline.run_chain(config, graph, stages=stages, force=config.force)
+        _compare(config, graph, missing_ok=True, out=Path(config.run_dir))
         return 0
     if command == "test":
-        _print_report(config, missing_ok=False)
+        _compare(config, graph, missing_ok=False, out=Path(config.out) if config.out else None)
         return 0
+    if command in ("attribute", "predict"):
+        config.instance = _genrec_instance(config, graph)
     if command == "attribute":
         from mscg_lightning.stages.genrec.attribution import attribute
 
-        attribute(config, metric=config.metric)
+        attribute(config, metric=config.metric, out=Path(config.out) if config.out else None)
         return 0
     if command == "export":
         from mscg_lightning.export import export
@@ -145,58 +273,93 @@ def _run(command: str, config) -> int:
 
         predict(config)
         return 0
-    pipeline.run_chain(config, stages=[command], force=config.force)
+    pipeline.run_chain(config, graph, stages=[command], force=config.force)
     return 0
 
 
-def _help(command: str, topic: str, parser) -> int:
+def _help(command: str, topic: str, parser, instances: dict) -> int:
     """``mscg COMMAND --help [SECTION|all]`` (cli_help.py)."""
-    from mscg_lightning.cli_help import SECTIONS, section_help, short_help
+    from mscg_lightning.cli_help import section_help, sections, short_help
 
     if topic == "":
-        print(short_help(command, COMMANDS[command]))
+        print(short_help(command, COMMANDS.get(command, "run one stage instance"), instances))
     elif topic == "all":
         parser.print_help()
-    elif topic in SECTIONS:
+    elif topic in sections(instances):
         print(section_help(parser.format_help(), topic))
     else:
-        print(f"mscg {command}: no help topic '{topic}' (one of {', '.join(SECTIONS)}, all).")
+        print(
+            f"mscg {command}: no help topic '{topic}' (one of {', '.join(sections(instances))}, all)."
+        )
         return 2
     return 0
 
 
-def _print_report(config, missing_ok: bool = True) -> None:
+def _genrec_instance(config, graph) -> str:
+    genrecs = [n for n, inst in graph.instances.items() if inst.kind.name == "genrec"]
+    if config.instance:
+        if config.instance not in genrecs:
+            raise MscgError(
+                f"--instance {config.instance} is not a genrec instance of the config "
+                f"(genrec instances: {', '.join(genrecs) or 'none'})."
+            )
+        return config.instance
+    if len(genrecs) == 1:
+        return genrecs[0]
+    if "genrec" in genrecs:
+        return "genrec"
+    raise MscgError(
+        f"the config has several genrec instances ({', '.join(genrecs)}): choose one with "
+        "--instance NAME."
+    )
+
+
+def _compare(config, graph, missing_ok: bool, out: Path | None) -> None:
+    """Print the comparison table; write metrics.md / metrics.json (and TensorBoard) to ``out``.
+
+    ``mscg fit`` passes its run directory; ``mscg test`` writes only where ``--out`` says.
+    """
     from mscg_lightning.artifacts import is_rank_zero
-    from mscg_lightning.report import console_report, metrics_report, write_tensorboard_text
+    from mscg_lightning.compare import comparison, format_markdown, format_terminal, write_outputs
+    from mscg_lightning.report import write_tensorboard_text
 
     if not is_rank_zero():
         return
     run_dir = Path(config.run_dir)
-    text = console_report(run_dir, missing_ok=missing_ok)  # the full table goes to a file
-    if text:
-        print(text)
-        write_tensorboard_text(run_dir, metrics_report(run_dir))
+    reference = config.reference or graph.reference
+    result = comparison(run_dir, graph.model_rows(), reference, missing_ok=missing_ok)
+    if result is None:
+        return
+    print(f"Test metrics, {run_dir}:")
+    print(format_terminal(result))
+    if out is not None:
+        md, _ = write_outputs(result, out)
+        print(f"[mscg] every metric: {md} and {md.with_suffix('.json')}")
+        if out == run_dir:
+            write_tensorboard_text(run_dir, format_markdown(result))
 
 
 def _report(args: Sequence[str]) -> int:
     """``mscg report --run_dir D [--out PNG]``: the curves of a run as one PNG, and its table."""
     from jsonargparse import ArgumentParser
 
-    from mscg_lightning.report import console_report, plot_report
+    from mscg_lightning.report import metrics_report, plot_report
 
     parser = ArgumentParser(prog="mscg report", description=COMMANDS["report"])
     parser.add_argument("--run_dir", type=str, required=True, help="the run directory of mscg fit")
-    parser.add_argument("--out", type=str | None, default=None, help="PNG (<run_dir>/report.png)")
+    parser.add_argument(
+        "--out", type=str | None, default=None, help="PNG (default: ./<run_dir name>-report.png)"
+    )
     try:
         opts = parser.parse_args(list(args))
     except SystemExit as exc:
         return int(exc.code or 0)
-    run_dir = Path(opts.run_dir)
     from mscg_lightning.storage import describe_write_error
 
     try:
+        run_dir = _existing_run_dir(opts.run_dir, "report")
         out, drawn = plot_report(run_dir, Path(opts.out) if opts.out else None)
-        text = console_report(run_dir, missing_ok=True)
+        text = metrics_report(run_dir, missing_ok=True)
     except MscgError as err:
         print(f"mscg: error: {err}", file=sys.stderr)
         return 2

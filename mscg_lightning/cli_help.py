@@ -7,8 +7,6 @@ genrec`` shows the options of one section (the same lines jsonargparse prints, f
 
 from __future__ import annotations
 
-from mscg_lightning.pipeline import CHAIN_ORDER
-
 #: Columns of the Parquet file ``mscg predict --user_histories`` reads.
 PREDICT_SCHEMA = """input (--user_histories, Parquet), one row per user:
   history     list<int|string>  one list of raw item ids per user, oldest first; unknown ids are
@@ -43,10 +41,17 @@ _EXTRA = {
     ),
 }
 
-SECTIONS = ("prepare", *CHAIN_ORDER[1:])
+
+def sections(instances: dict) -> list[str]:
+    """The help topics: the config's stage instances, else every registered stage kind."""
+    if instances:
+        return list(instances)
+    from mscg_lightning.registry import kinds
+
+    return list(kinds())
 
 
-def short_help(command: str, description: str) -> str:
+def short_help(command: str, description: str, instances: dict | None = None) -> str:
     """The page of ``mscg COMMAND --help``."""
     lines = [f"usage: mscg {command} --config CHAIN.yaml [options]", "", description, ""]
     lines.append(_COMMON)
@@ -56,7 +61,7 @@ def short_help(command: str, description: str) -> str:
         lines += ["", PREDICT_SCHEMA]
     lines += [
         "",
-        f"stage sections: {', '.join(SECTIONS)}",
+        f"stage sections: {', '.join(sections(instances or {}))}",
         f"`mscg {command} --help SECTION` lists a section's options (e.g. --help genrec);",
         f"`mscg {command} --help all` lists every option.",
     ]

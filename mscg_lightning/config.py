@@ -1,22 +1,21 @@
 """The chain config: one jsonargparse parser over every stage's section.
 
-A chain config is a YAML file with top-level keys ``name``, ``run_dir``, ``data_root``,
-``seed`` and one section per stage. Lightning stages (``sasrec``, ``dino_rq``, ``rq_*``,
-``genrec``) are ordinary LightningCLI sections: ``model`` / ``data`` with ``class_path`` and
-``init_args``, and ``trainer``. Overrides work as in LightningCLI, one level deeper:
-``--genrec.trainer.max_epochs 3``. Several ``--config`` files merge in order (trainer overlays).
+A chain config is a YAML file with top-level settings ``name``, ``run_dir``, ``data_root``,
+``seed``, ``reference`` and one section per stage instance (``kind``, ``inputs`` and the kind's
+options, see :mod:`mscg_lightning.graph`). Lightning kinds (``sasrec``, ``dino_rq``, ``rq``,
+``rq_xmodal``, ``genrec``) are ordinary LightningCLI sections: ``model`` / ``data`` with
+``class_path`` and ``init_args``, and ``trainer``. Overrides work as in LightningCLI, one level
+deeper: ``--tiger.trainer.max_epochs 3``. Several ``--config`` files merge in order (trainer overlays).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import lightning as L
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
-
-from mscg_lightning.pipeline import LIGHTNING_STAGES, RQ_STAGES
 
 
 class ChainParser(LightningArgumentParser):
@@ -30,7 +29,19 @@ class ChainParser(LightningArgumentParser):
 
 
 #: Init args that the pipeline fills in from the input artifacts; a chain config cannot set them.
-WIRED_ARGS = {"dim", "num_items", "embeddings", "prepared_dir", "token_layout"}
+WIRED_ARGS = {
+    "dim",
+    "num_items",
+    "embeddings",
+    "prepared_dir",
+    "token_layout",
+    "text_dim",
+    "image_dim",
+    "text",
+    "image",
+    "text_labels",
+    "image_labels",
+}
 
 
 def _add_lightning_section(
@@ -50,10 +61,16 @@ def stage_parser() -> LightningArgumentParser:
     return parser
 
 
-def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
-    """The parser of a whole chain config (all sections optional but ``prepare``)."""
-    from mscg_lightning.data.prepare import PrepareConfig
-    from mscg_lightning.stages.text.stage import ImageEmbedConfig, TextEmbedConfig
+def chain_parser(
+    prog: str = "mscg", instances: dict[str, str] | None = None
+) -> LightningArgumentParser:
+    """The parser of a whole chain config: the settings and one section per stage instance.
+
+    ``instances`` maps each instance name to its kind (:func:`mscg_lightning.graph.discover`):
+    a Lightning kind gets ``model`` / ``data`` / ``trainer`` groups, another kind its section
+    dataclass's fields inline; every instance gets ``kind`` and ``inputs``.
+    """
+    from mscg_lightning.registry import get
 
     parser = ChainParser(prog=prog, description=__doc__)
     parser.add_argument(
@@ -68,35 +85,29 @@ def chain_parser(prog: str = "mscg") -> LightningArgumentParser:
         help="folder that dataset paths in `prepare.path` are relative to",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every stage")
-    parser.add_argument("--prepare", type=PrepareConfig, required=True)
-    parser.add_argument("--text_embed", type=TextEmbedConfig | None, default=None)
-    parser.add_argument("--image_embed", type=ImageEmbedConfig | None, default=None)
-    for name in LIGHTNING_STAGES:
-        _add_lightning_section(parser, name, skip=WIRED_ARGS)
-    for name in RQ_STAGES:
+    parser.add_argument(
+        "--reference",
+        type=str | None,
+        default=None,
+        help="the model instance every row of the comparison table is tested against",
+    )
+    for name, kind_name in (instances or {}).items():
+        kind = get(kind_name)
         parser.add_argument(
-            f"--{name}.input",
-            type=str,
-            default={"rq_text": "text_embed", "rq_image": "image_embed", "rq_collab": "sasrec"}[
-                name
-            ],
-            help="embeddings to quantize: an artifact name, or prepare:emb_<name> for given ones",
+            f"--{name}.kind", type=str, default=kind_name, help=f"stage kind of '{name}'"
         )
-    parser.add_argument(
-        "--dino_rq.mode",
-        type=Literal["rq_dino", "post_hoc"],
-        default="rq_dino",
-        help="rq_dino: train RQ-DINO; post_hoc: frozen backbone CLS -> residual quantizer",
-    )
-    parser.add_argument(
-        "--genrec.modalities",
-        type=dict[str, str],
-        default={},
-        help="modality -> codes source: an rq artifact (rq_text) or given codes (prepare:codes_lemb)",
-    )
-    parser.add_argument(
-        "--genrec.target", type=str, default="collab", help="the modality whose codes are generated"
-    )
+        parser.add_argument(
+            f"--{name}.inputs",
+            type=dict[str, str],
+            default={},
+            help=f"slot -> source instance (or instance:part); slots: {', '.join(kind.inputs)}",
+        )
+        if kind.lightning:
+            _add_lightning_section(parser, name, skip=WIRED_ARGS)
+        elif kind.section is not None:
+            parser.add_class_arguments(kind.section(), name, sub_configs=True)
+        if kind.extra_args is not None:
+            kind.extra_args(parser, name)
     return parser
 
 

@@ -7,9 +7,7 @@
   dropped.
 - `EpochLine`: when the progress bar is off, one compact line per validation epoch, e.g.
   ``[mscg] genrec epoch 3/10: train/loss 2.314  val/loss 2.101  val/ndcg@10 0.1636  (4.2 s)``.
-- `console_table`: the test metrics that fit in 120 columns (recall, NDCG and MRR at 10 with
-  their 95% CIs); every metric stays in the files (``<stage>/metrics.json``,
-  ``<run_dir>/metrics.md``) and in TensorBoard.
+The final table (within 120 columns, every metric in ``metrics.md``) is compare.py's.
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-
-from mscg_lightning.metrics import format_table
 
 WIDTH = 120
 #: Columns of the console table; every other metric is in the files.
@@ -140,24 +136,3 @@ class EpochLine(L.Callback):
                 break
             parts.append(" " + item if len(parts) > 1 else item)
         return "".join(parts) + tail
-
-
-def console_table(rows: dict[str, dict[str, dict[str, float]]], width: int = WIDTH) -> str:
-    """A markdown table of `CONSOLE_METRICS` with CIs, model names cut so lines fit `width`."""
-    table = format_table(rows, ks=(10,))
-    header, rule, *body = table.splitlines()
-    names = header.strip("| ").split(" | ")
-    keep = [0, 1] + [i for i, n in enumerate(names) if n in CONSOLE_METRICS]
-    lines = []
-    for line in [header, *body]:
-        cells = line.strip("| ").split(" | ")
-        lines.append([cells[i] for i in keep])
-    fixed = sum(len(c) + 3 for c in lines[-1][1:]) + 4  # "| " + model + " |" + other cells
-    room = max(12, width - fixed)
-    out = []
-    for k, cells in enumerate(lines):
-        model = cells[0] if len(cells[0]) <= room else cells[0][: room - 3] + "..."
-        out.append("| " + " | ".join([model, *cells[1:]]) + " |")
-        if k == 0:
-            out.append("|---" * len(keep) + "|")
-    return "\n".join(out)

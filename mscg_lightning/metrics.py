@@ -108,6 +108,25 @@ class RetrievalMetrics(Metric):
             return r[keep]
         return ranks
 
+    def user_ranks(self) -> tuple[Tensor, Tensor]:
+        """(user_idx [N], 0-based target rank [N], -1 = not in the list) per unique user, by user.
+
+        Over the ranks of every process (call it on every rank under DDP). Every metric of
+        :func:`per_user_metrics` at k <= the ranked list length follows from these ranks.
+        """
+        with self.sync_context():
+            if isinstance(self.ranks, list) and not self.ranks:
+                empty = torch.zeros(0, dtype=torch.long)
+                return empty, empty
+            ranks = dim_zero_cat(self.ranks).long().cpu()
+            users = dim_zero_cat(self.user_idx).long().cpu()
+        order = torch.argsort(users, stable=True)
+        users, ranks = users[order], ranks[order]
+        first = torch.ones_like(users, dtype=torch.bool)
+        first[1:] = users[1:] != users[:-1]
+        keep = first | (users < 0)
+        return users[keep], ranks[keep]
+
     def compute(self) -> dict[str, Tensor]:
         per_user = per_user_metrics(self._unique_ranks(), self.ks)
         return {

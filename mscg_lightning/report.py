@@ -1,6 +1,6 @@
 """What a run produced, for people: the metrics table and the training curves.
 
-``metrics_report`` puts every stage's ``metrics.json`` side by side (with 95% CIs);
+``metrics_report`` is the comparison table of the run's model instances (:mod:`compare`);
 ``write_tensorboard_text`` stores that table in TensorBoard; ``read_scalars`` reads the scalars
 every stage logged under ``<run_dir>/tensorboard/<stage>/``; ``plot_report`` draws the main
 curves into one PNG (``mscg report``; matplotlib is the optional extra ``report``).
@@ -8,14 +8,10 @@ curves into one PNG (``mscg report``; matplotlib is the optional extra ``report`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mscg_lightning.errors import MscgError
-from mscg_lightning.metrics import format_table
 
-#: Stages whose artifact holds test metrics, in report order.
-METRIC_STAGES = ("sasrec", "genrec")
 #: Stage order of the curves (any other logged stage follows, sorted).
 CURVE_ORDER = ("sasrec", "dino_rq", "rq_text", "rq_image", "rq_collab", "genrec")
 #: The right-hand panel of a stage shows the first of these groups that it logged: ranking
@@ -33,43 +29,36 @@ REPORT_TAG = "report/metrics"
 Scalars = dict[str, dict[str, list[tuple[int, float]]]]
 
 
-def _metric_rows(run_dir: Path, missing_ok: bool) -> dict[str, dict]:
-    rows = {}
-    for stage in METRIC_STAGES:
-        path = run_dir / stage / "metrics.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            rows[data.get("model", stage)] = data["test"]
-    if not rows and not missing_ok:
-        raise MscgError(f"{run_dir} holds no test metrics yet: run `mscg fit` first.")
-    return rows
+def model_instances(run_dir: Path) -> tuple[list[str], str | None]:
+    """(model instances in config order, reference) of a finished run: the instances of its
+    ``config.yaml`` whose artifact holds ``test_ranks.parquet`` (else every such artifact)."""
+    import yaml
+
+    from mscg_lightning.compare import TEST_RANKS
+    from mscg_lightning.pipeline import artifact_dir
+
+    saved = Path(run_dir) / "config.yaml"
+    data = yaml.safe_load(saved.read_text()) if saved.is_file() else {}
+    data = data if isinstance(data, dict) else {}
+    names = [n for n, v in data.items() if isinstance(v, dict)]
+    found = [n for n in names if (artifact_dir(run_dir, n) / TEST_RANKS).is_file()]
+    if not found:
+        found = sorted(p.parent.name for p in Path(run_dir).glob(f"*/{TEST_RANKS}"))
+    return found, data.get("reference")
 
 
 def metrics_report(run_dir: Path, missing_ok: bool = True) -> str:
-    """A markdown table of the test metrics found in ``run_dir`` ('' when none and missing_ok)."""
-    rows = _metric_rows(run_dir, missing_ok)
-    if not rows:
-        return ""
-    return f"Test metrics, {run_dir} (mean [95% bootstrap CI over users]):\n" + format_table(rows)
+    """The comparison table of the model instances found in ``run_dir`` ('' when none and
+    missing_ok)."""
+    from mscg_lightning.compare import comparison, format_terminal
 
-
-def console_report(run_dir: Path, missing_ok: bool = True) -> str:
-    """The metrics table narrowed to 120 columns (console.py), and where the full one is.
-
-    Writes the full table to ``<run_dir>/metrics.md``; '' when there are no metrics yet.
-    """
-    from mscg_lightning.console import console_table
-
-    rows = _metric_rows(run_dir, missing_ok)
-    if not rows:
-        return ""
-    full = run_dir / "metrics.md"
-    full.write_text(metrics_report(run_dir) + "\n")
-    return (
-        "Test metrics (mean [95% bootstrap CI over users]):\n"
-        + console_table(rows)
-        + f"\nAll metrics (@1, @5, @10): {full}"
-    )
+    names, reference = model_instances(run_dir)
+    result = comparison(Path(run_dir), names, reference, missing_ok=missing_ok)
+    if result is None:
+        if missing_ok:
+            return ""
+        raise MscgError(f"{run_dir} holds no test metrics yet: run `mscg fit` first.")
+    return f"Test metrics, {run_dir}:\n" + format_terminal(result)
 
 
 def write_tensorboard_text(run_dir: Path, text: str) -> Path:
@@ -144,7 +133,8 @@ def plot_report(run_dir: Path, out: Path | None = None) -> tuple[Path, dict[str,
     Each stage that logged any of them gets a row: on the left its ``train/*loss*`` scalars
     against the global step, on the right ``val/ndcg@10`` and ``val/recall@10`` (else
     ``val/loss``, else the rq collision rate, else the code perplexity). Returns the PNG path
-    (default ``<run_dir>/report.png``) and ``{stage: [tags drawn]}``.
+    (default ``<run_dir name>-report.png`` in the current directory: the run directory is only
+    read) and ``{stage: [tags drawn]}``.
     """
     run_dir = Path(run_dir)
     if not _event_dirs(run_dir):
@@ -187,7 +177,7 @@ def plot_report(run_dir: Path, out: Path | None = None) -> tuple[Path, dict[str,
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
             drawn.setdefault(stage, []).extend(tags)
     fig.tight_layout()
-    out = Path(out) if out is not None else run_dir / "report.png"
+    out = Path(out) if out is not None else Path(f"{run_dir.resolve().name}-report.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)

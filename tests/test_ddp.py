@@ -201,6 +201,12 @@ def test_mscg_fit_genrec_on_two_processes_exports_the_single_process_results(ups
     metrics = json.loads((two / "genrec" / "metrics.json").read_text())
     assert metrics["test"]["num_users"]["mean"] == 60
     assert metrics == json.loads((one / "genrec" / "metrics.json").read_text())
+    # the per-user ranks of `mscg test` are gathered from both ranks
+    from mscg_lightning.compare import read_test_ranks
+
+    users_two, ranks_two, _ = read_test_ranks(two / "genrec")
+    users_one, ranks_one, _ = read_test_ranks(one / "genrec")
+    assert users_two.tolist() == list(range(60)) and ranks_two.tolist() == ranks_one.tolist()
     rows_two = pq.read_table(two / "genrec" / "predictions.parquet").to_pylist()
     rows_one = pq.read_table(one / "genrec" / "predictions.parquet").to_pylist()
     assert [r["user_idx"] for r in rows_two] == list(range(60))

@@ -320,17 +320,19 @@ def encode_user_histories(
     return histories, cold_start, summary
 
 
-def check_prepare_section(config: object) -> None:
-    """``PrepareConfig.validate`` of a parsed chain config's ``prepare`` section, so that a bad
-    prepare setting fails before any stage runs (also when prepare itself is up to date)."""
+def check_prepare_section(section: object) -> None:
+    """``PrepareConfig.validate`` of one prepare instance's section (a parsed chain config's
+    mapping), so that a bad prepare setting fails before any stage runs (also when prepare
+    itself is up to date)."""
     from mscg_lightning.data.prepare import PrepareConfig
-    from mscg_lightning.pipeline import _plain, section_of
+    from mscg_lightning.pipeline import _plain
 
-    section = section_of(config, "prepare")  # type: ignore[arg-type]
     if section is None:
         return
+    plain = _plain(section)
+    fields = {k: v for k, v in plain.items() if k in PrepareConfig.__dataclass_fields__}
     try:
-        cfg = PrepareConfig(**_plain(section))
+        cfg = PrepareConfig(**fields)
     except TypeError as err:  # the parser knows every key; a hand-built Namespace may not
         raise MscgError(f"the prepare section is not valid ({err}).") from err
     cfg.validate()

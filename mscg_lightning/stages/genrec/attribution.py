@@ -49,17 +49,22 @@ def require_masked_training(hparams: dict, run_dir: Path | str) -> None:
         )
 
 
-def attribute(config, metric: str = "ndcg@10") -> dict:
-    """``mscg attribute``: the metric of every modality subset and each modality's Shapley value."""
+def attribute(config, metric: str = "ndcg@10", out: Path | None = None) -> dict:
+    """``mscg attribute``: the metric of every modality subset and each modality's Shapley value.
+
+    Prints the tables; writes ``attribution.json`` only to ``out`` when given (the run directory
+    is only read).
+    """
     from mscg_lightning.data.datamodule import SequenceDataModule
     from mscg_lightning.stages.genrec.stage import history_length, load_trained
 
     run_dir = Path(config.run_dir)
-    model, prepared = load_trained(run_dir, config)
+    instance = config.get("instance") or "genrec"
+    model, prepared = load_trained(run_dir, config, instance)
     require_masked_training(dict(model.hparams), run_dir)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     data = SequenceDataModule(
-        str(prepared), eval_batch_size=256, max_history=history_length(config)
+        str(prepared), eval_batch_size=256, max_history=history_length(config, instance)
     )
     data.setup("test")
     modalities = list(model.layout.modalities)
@@ -80,7 +85,9 @@ def attribute(config, metric: str = "ndcg@10") -> dict:
     phi = shapley_values(modalities, evaluate)
     subsets = {"+".join(sorted(s)) or "(all masked)": cache[s] for s in sorted(cache, key=len)}
     result = {"metric": metric, "shapley": phi, "subsets": subsets, "modalities": modalities}
-    (run_dir / "attribution.json").write_text(json.dumps(result, indent=2) + "\n")
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"Modality attribution ({metric}), {run_dir}:",
         "| subset kept | " + metric + " |",

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import torch
 
 from mscg_lightning.artifacts import Manifest, read_codes, read_manifest, write_json
+from mscg_lightning.compare import write_test_ranks
 from mscg_lightning.errors import MscgError
-from mscg_lightning.pipeline import StageContext, artifact_dir, source_artifact
+from mscg_lightning.pipeline import StageContext, artifact_dir, resolve_source
 from mscg_lightning.stages.genrec.tokens import TokenLayout, stack_modality_codes
 
 
@@ -36,14 +37,13 @@ def load_catalogue(
         raise MscgError("genrec.modalities is empty: name at least one codes source.")
     tables, vocab_sizes = {}, []
     for modality, source in sources.items():
-        name = source_artifact(source)
-        if name == "prepare":
-            column = source.split(":", 1)[1] if ":" in source else ""
-            item_idx, codes, k = codes_from_given(prepared_dir, column)
+        resolved = resolve_source(run_dir, source)
+        if resolved.column is not None:
+            item_idx, codes, k = codes_from_given(resolved.path, resolved.column)
             item_idx, codes = torch.from_numpy(item_idx), torch.from_numpy(codes)
             collision = int(codes[:, -1].max()) + 1
         else:
-            table = read_codes(artifact_dir(run_dir, name), num_items=num_items)
+            table = read_codes(resolved.path, num_items=num_items)
             item_idx, codes, k, collision = (
                 table.item_idx,
                 table.codes,
@@ -99,9 +99,11 @@ def run(ctx: StageContext) -> Manifest | None:
         model.load_state_dict(state)
     model.set_catalogue(codes, present)
     stage.trainer.test(model, datamodule=stage.datamodule, verbose=False)  # mscg prints its own
+    test_users, test_ranks = model.test_metrics.user_ranks()  # every rank: it gathers
     if ctx.out_dir is None:
         return None
     result = model.test_result
+    write_test_ranks(ctx.out_dir, test_users, test_ranks, int(model.hparams.top_k))
     name = "TIGER" if len(sources) == 1 else "MSCGRec"
     write_json(
         ctx.out_dir / "metrics.json",
@@ -150,22 +152,25 @@ def _write_predictions(path: Path, predictions: list, prepared: Path) -> None:
     pq.write_table(table, path)
 
 
-def history_length(config) -> int:
-    """The history length genrec was configured with (``genrec.data.init_args.max_history``)."""
-    data = getattr(getattr(config, "genrec", None), "data", None)
+def history_length(config, instance: str = "genrec") -> int:
+    """The history length an instance was configured with (``<instance>.data.init_args.max_history``)."""
+    data = getattr(getattr(config, instance, None), "data", None)
     init_args = getattr(data, "init_args", None) or {}
     return int(init_args.get("max_history", 20))
 
 
-def load_trained(run_dir: Path, config) -> tuple[Any, Path]:
-    """The trained GenRecModule of a finished run, with its catalogue attached."""
+def load_trained(run_dir: Path, config, instance: str = "genrec") -> tuple[Any, Path]:
+    """The trained GenRecModule of genrec instance ``instance``, with its catalogue attached."""
     from mscg_lightning.stages.genrec.module import GenRecModule
     from mscg_lightning.storage import load_checkpoint
 
-    art = artifact_dir(run_dir, "genrec")
+    art = artifact_dir(run_dir, instance)
     manifest = read_manifest(art, stage="genrec")
     prepared = artifact_dir(run_dir, "prepare")
-    ckpt = load_checkpoint(art / "model.ckpt", redo="mscg genrec --force")  # storage.py
+    inputs = getattr(getattr(config, instance, None), "inputs", None) or {}
+    if inputs.get("prepare"):
+        prepared = artifact_dir(run_dir, inputs["prepare"])
+    ckpt = load_checkpoint(art / "model.ckpt", redo=f"mscg {instance} --force")  # storage.py
     trained = ckpt["hyper_parameters"]["token_layout"]
     # The manifest's JSON sorts the modalities by name; the model was trained with the codes of
     # every history item stacked in the config's order, which its token layout keeps.
@@ -196,7 +201,8 @@ def predict(config) -> Path:
     from mscg_lightning.data.validate import encode_user_histories
 
     run_dir = Path(config.run_dir)
-    model, prepared = load_trained(run_dir, config)
+    instance = config.get("instance") or "genrec"
+    model, prepared = load_trained(run_dir, config, instance)
     src = Path(config.user_histories)
     try:
         table = pq.read_table(src)
@@ -206,7 +212,7 @@ def predict(config) -> Path:
     raw_ids = np.array(items.column("item_id").to_pylist(), dtype=object)
     # schema checked, unknown ids skipped, cold-start users flagged (data/validate.py)
     histories, cold_start, summary = encode_user_histories(table, src, items)
-    max_history = history_length(config)
+    max_history = history_length(config, instance)
     top_k = int(config.top_k)
     if top_k > model.hparams.num_beams:
         raise MscgError(f"--top_k {top_k} exceeds the model's {model.hparams.num_beams} beams.")

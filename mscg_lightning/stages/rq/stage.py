@@ -1,7 +1,8 @@
-"""Stages ``rq_text`` / ``rq_image`` / ``rq_collab``: embeddings -> codes artifact.
+"""Stage kind ``rq`` (instances ``rq_text`` / ``rq_image`` / ``rq_collab``...): embeddings -> codes.
 
-The section's ``input`` names the embeddings: an embeddings artifact (``text_embed``,
-``image_embed``, ``sasrec``) or given embeddings of the items table (``prepare:emb_image``).
+The input ``embeddings`` names them: an embeddings instance (``text_embed``, ``image_embed``,
+``sasrec``) or given embeddings of the items table (``prepare:emb_image``). The codes'
+modality is the embeddings' (their manifest's ``extra.modality``; ``<name>`` of ``emb_<name>``).
 The section's ``data.init_args`` (batch size, shuffle) configure the in-memory
 :class:`EmbeddingsDataModule`; ``model`` is an :class:`RQModule`.
 """
@@ -25,10 +26,21 @@ from mscg_lightning.artifacts import (
     write_json,
 )
 from mscg_lightning.errors import MscgError
-from mscg_lightning.pipeline import StageContext, source_artifact
+from mscg_lightning.graph import split_source
+from mscg_lightning.pipeline import StageContext, resolve_source
 from mscg_lightning.stages.rq.module import EmbeddingsDataModule, RQModule
 
 MODALITY = {"rq_text": "text", "rq_image": "image", "rq_collab": "collab"}
+
+
+def modality_of(ctx: StageContext, source: str, table: EmbeddingTable) -> str:
+    """The modality of the quantized embeddings (see the module docstring)."""
+    if table.manifest is not None and table.manifest.extra.get("modality"):
+        return str(table.manifest.extra["modality"])
+    name, part = split_source(source)
+    if part and part.startswith("emb_"):
+        return part[4:]
+    return MODALITY.get(ctx.name, ctx.name)
 
 
 def given_embeddings(prepared_dir, column: str) -> EmbeddingTable:
@@ -48,16 +60,16 @@ def given_embeddings(prepared_dir, column: str) -> EmbeddingTable:
 def load_embeddings(ctx: StageContext, source: str) -> EmbeddingTable:
     """The embeddings a source spec names, validated against the prepared catalogue."""
     num_items = int(read_manifest(ctx.inputs["prepare"], stage="prepare").extra["num_items"])
-    name = source_artifact(source)
-    if name == "prepare":
-        column = source.split(":", 1)[1] if ":" in source else ""
-        return given_embeddings(ctx.inputs["prepare"], column)
-    return read_embeddings(ctx.inputs[name], num_items=num_items)
+    resolved = resolve_source(ctx.run_dir, source)
+    if resolved.column is not None:
+        return given_embeddings(resolved.path, resolved.column)
+    return read_embeddings(resolved.path, num_items=num_items)
 
 
 def run(ctx: StageContext) -> Manifest | None:
     section = ctx.section
-    table = load_embeddings(ctx, section.input)
+    source = ctx.sources["embeddings"]
+    table = load_embeddings(ctx, source)
     data_args = dict(section.data.init_args) if section.get("data") else {}
     datamodule = EmbeddingsDataModule(table.embeddings, **{"seed": ctx.seed, **data_args})
 
@@ -77,12 +89,12 @@ def run(ctx: StageContext) -> Manifest | None:
         return None
     write_codes(ctx.out_dir, table.item_idx.numpy(), codes.numpy())
     model.save_codebooks(ctx.out_dir / "codebooks.safetensors")
-    diagnostics["input"] = section.input
+    diagnostics["input"] = source
     write_json(ctx.out_dir / "diagnostics.json", diagnostics)
     return ctx.manifest(
         rows={"items": int(len(codes))},
         extra={
-            "modality": MODALITY[ctx.name],
+            "modality": modality_of(ctx, source, table),
             "levels": int(model.levels),
             "codebook_size": int(model.codebook_size),
             "collision_size": int(diagnostics["collision_size"]),

@@ -2,7 +2,8 @@
 
 Artifact ``<run_dir>/sasrec/``: ``embeddings.parquet`` (the item table without the padding row,
 [num_items, hidden]), ``metrics.json`` (test and validation metrics of the best checkpoint, with
-95% bootstrap CIs) and ``manifest.json`` (``extra``: ``dim``, ``modality`` = collab, ``missing``).
+95% bootstrap CIs), ``test_ranks.parquet`` (per test user the rank of the target, for ``mscg
+test``) and ``manifest.json`` (``extra``: ``dim``, ``modality`` = collab, ``missing``).
 
 ``metrics.json["test"]`` follows ``model.init_args.mask_history`` (off by default, DESIGN.md
 section 5); ``test_history_masked`` holds the same test with the user's history items masked out
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 from mscg_lightning.artifacts import Manifest, read_manifest, write_embeddings, write_json
+from mscg_lightning.compare import write_test_ranks
 from mscg_lightning.data.datamodule import SequenceDataModule
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext
@@ -83,6 +85,7 @@ def run(ctx: StageContext) -> Manifest:
     valid = model.val_metrics.compute_with_ci()
     trainer.test(model, datamodule=data, ckpt_path=best, verbose=False)
     test = model.test_result
+    test_users, test_ranks = model.test_metrics.user_ranks()  # every rank: it gathers
     masked = test
     if not model.mask_history:  # the same weights, history items masked: one more test pass
         model.mask_history = True
@@ -94,6 +97,7 @@ def run(ctx: StageContext) -> Manifest:
     table = model.model.item_table.detach().float().cpu().numpy()
     if ctx.out_dir is not None:  # rank 0 only
         write_embeddings(ctx.out_dir, np.arange(num_items, dtype=np.int32), table)
+        write_test_ranks(ctx.out_dir, test_users, test_ranks, max(model.ks))
         score = stage.checkpoint.best_model_score
         write_json(
             ctx.out_dir / "metrics.json",

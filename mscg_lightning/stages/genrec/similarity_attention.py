@@ -45,6 +45,15 @@ def similarity_buckets(
     return buckets.masked_fill(none, num_buckets + 1)
 
 
+def aligned_items(history: Tensor) -> Tensor:
+    """Histories [B, H] (-1 padding anywhere) as ``HistoryTokenizer`` aligns them: [B, H'],
+    valid items right-aligned in order, H' = the longest valid history (at least 1)."""
+    valid = history >= 0
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
+    (aligned,) = trim_left_padding(history.gather(1, order))
+    return aligned
+
+
 def token_items(history: Tensor, tokens_per_item: int) -> Tensor:
     """The item_idx of every encoder token, as ``HistoryTokenizer`` lays histories out.
 
@@ -52,10 +61,7 @@ def token_items(history: Tensor, tokens_per_item: int) -> Tensor:
     Returns [B, S] with S = H' * tokens_per_item (H' = longest valid history, at least 1), -1 at
     padding tokens: valid items right-aligned, each repeated for its tokens.
     """
-    valid = history >= 0
-    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
-    (aligned,) = trim_left_padding(history.gather(1, order))
-    return aligned.repeat_interleave(tokens_per_item, dim=1)
+    return aligned_items(history).repeat_interleave(tokens_per_item, dim=1)
 
 
 def encoder_buckets(

@@ -222,7 +222,10 @@ class EncoderLayer(nn.Module):
             from mscg_lightning.stages.genrec.similarity_attention import SimilarityAttention
 
             self.sim = SimilarityAttention(
-                cfg.num_heads, cfg.d_kv, cfg.sim_buckets, cfg.sim_init  # type: ignore[arg-type]
+                cfg.num_heads,
+                cfg.d_kv,
+                cfg.sim_buckets,
+                cfg.sim_init,  # type: ignore[arg-type]
             )
 
     def forward(self, x: Tensor, bias: Tensor, item_buckets: Tensor | None = None) -> Tensor:

@@ -205,3 +205,18 @@ def test_sim_attention_without_item_vectors_is_one_sentence() -> None:
     module = GenRecModule(token_layout=cat["layout"], **TINY, sim_attention=True)
     with pytest.raises(MscgError, match="sim_attention needs the item vectors"):
         module.set_catalogue(cat["codes"], cat["present"], triples=cat["triples"])
+
+
+def test_bf16_autocast_similarity_windows_and_no_hf_export() -> None:
+    from mscg_lightning.stages.genrec.hf_export import to_hf_t5
+
+    cat = bbq_catalogue()
+    module = make_module(cat, sim_attention=True, encoder_attention="item_causal").train()
+    windows = {"history": torch.tensor([[-1, 0, 1, 2]]), "targets": torch.tensor([[-1, 1, 2, 4]])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, n = module._window_loss(windows, 0.0)
+    loss.backward()
+    assert n == 3 and torch.isfinite(loss)
+    assert module.model.encoder_layers[0].sim.table.grad is not None
+    with pytest.raises(MscgError, match="no HF T5 form"):
+        to_hf_t5(make_module(cat, position_bias="t5").model)  # triple tokens

@@ -87,13 +87,13 @@ def read_catalogue(
     layout, tables, num_items = load_catalogue(prepared_dir, sources, run_dir)
     found = []
     for modality, source in sources.items():
-        name = source_artifact(source)
-        if name == "prepare":
+        directory = _codes_dir(run_dir, source)
+        if directory is None:
             continue
-        manifest = read_manifest(artifact_dir(run_dir, name))
+        manifest = read_manifest(directory)
         if is_triple(manifest):
             item_idx, raw = tables[modality]
-            bbq = BBQSource.from_codes(modality, artifact_dir(run_dir, name), manifest.extra, raw)
+            bbq = BBQSource.from_codes(modality, directory, manifest.extra, raw)
             tables[modality] = (item_idx, bbq.compact(raw))
             m = layout["modalities"].index(modality)
             layout["vocab_sizes"][m] = [len(v) for v in bbq.triples] + [
@@ -104,6 +104,15 @@ def read_catalogue(
     bbq = single_bbq(found)
     layout, codes, present = _stack(layout, tables, num_items, sources, target)
     return Catalogue(layout, codes, present, bbq)
+
+
+def _codes_dir(run_dir: Path, source: str) -> Path | None:
+    """The artifact folder of a codes source, None for codes given by ``prepare``.
+
+    (With the stage graph: ``resolve_source(run_dir, source)``'s path when its column is None.)
+    """
+    name = source_artifact(source)
+    return None if name == "prepare" else artifact_dir(run_dir, name)
 
 
 def build_catalogue(

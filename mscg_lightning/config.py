@@ -41,6 +41,7 @@ WIRED_ARGS = {
     "image",
     "text_labels",
     "image_labels",
+    "content_dims",
 }
 
 

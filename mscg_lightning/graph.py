@@ -190,6 +190,8 @@ def _inputs(name: str, kind: StageKind, section: Any) -> dict[str, str]:
     inputs = {}
     for slot, spec in kind.inputs.items():
         source = given.get(slot, spec.default)
+        if not source and not spec.required:
+            continue
         if not source:
             raise MscgError(f"{name}.inputs.{slot} is not set: name the {spec.doc or slot}.")
         inputs[slot] = str(source)

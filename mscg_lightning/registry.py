@@ -33,6 +33,7 @@ class Slot:
     accepts: tuple[str, ...]
     default: str | None = None
     doc: str = ""
+    required: bool = True  # an optional slot may stay unset (the stage checks what it needs)
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,18 @@ for _kind in (
         provides="model",
         lightning=True,
         model_row=True,
+    ),
+    StageKind(
+        "bbq",
+        run="mscg_lightning.stages.bbq.stage:run",
+        inputs={
+            "prepare": _PREPARED,
+            "text": Slot(("embeddings",), required=False, doc="text_embed, or prepare:emb_*"),
+            "image": Slot(("embeddings",), required=False, doc="image_embed, or prepare:emb_*"),
+        },  # at least one of text / image: the stage says so (exit 2) before any work
+        provides="codes",  # triple tokens; also v_i (embeddings.parquet)
+        parts={"id": "codes", "text": "codes", "image": "codes"},
+        lightning=True,
     ),
 ):
     register(_kind)

@@ -267,3 +267,57 @@ def test_a_kind_with_parts_feeds_genrec_through_the_graph(tmp_path, capsys):
     layout = genrec.extra["token_layout"]
     assert layout["modalities"] == ["text", "image", "collab"]
     assert "mscgrec " in capsys.readouterr().out
+
+
+BBQ = {
+    "kind": "bbq",
+    "inputs": {"text": "text_embed"},  # image is an optional slot: left unset here
+    "model": {
+        "class_path": "mscg_lightning.stages.bbq.module.BBQModule",
+        "init_args": {
+            "latent_dim": 8,
+            "hidden_dims": [16],
+            "levels": 2,
+            "codebook_size": 4,
+            "seq_layers": 1,
+            "seq_inner": 16,
+            "kmeans_iters": 2,
+            "club_hidden": 8,
+        },
+    },
+    "data": {
+        "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
+        "init_args": {"batch_size": 16, "max_history": 20},
+    },
+}
+
+
+def test_bbq_feeds_a_bbqrec_genrec_through_the_graph(tmp_path, capsys):
+    """The registered bbq kind writes triple codes (+ parts); a genrec instance reads them with
+    similarity attention, and the comparison table has the BBQRec row."""
+
+    def edit(data):
+        data["bbq"] = {**BBQ, "trainer": data["rq_text"]["trainer"]}
+        tiger = data["tiger"]
+        args = {**tiger["model"]["init_args"], "sim_attention": True}
+        data["bbqrec"] = {
+            **tiger,
+            "model": {**tiger["model"], "init_args": args},
+            "modalities": {"bbq": "bbq"},
+            "target": "bbq",
+        }
+        for name in ("mscgrec", "tiger", "no_const_train", "no_pos_emb", "masking"):
+            del data[name]
+        for name in ("rq_image", "rq_collab", "image_embed", "sasrec"):
+            data.pop(name, None)
+        data["reference"] = "bbqrec"
+
+    config = _variant(tmp_path, edit)
+    run = tmp_path / "run"
+    args = ["fit", "--config", str(config), "--run_dir", str(run)]
+    assert main([*args, "--data_root", str(REPO / "tests" / "fixtures")]) == 0
+    manifest = Manifest.read(run / "bbq")
+    assert manifest.kind == "bbq" and set(manifest.parts) == {"id", "text"}
+    genrec = Manifest.read(run / "bbqrec")
+    assert genrec.kind == "genrec" and "bbq" in genrec.inputs
+    assert "bbqrec " in capsys.readouterr().out

@@ -81,6 +81,7 @@ def beam_search(
     constrained: bool = True,
     scoring: str = "renormalized",
     full_vocab: bool = False,
+    item_buckets: Tensor | None = None,
 ) -> BeamSearchResult:
     """Generate the top-K catalogue items for each history.
 
@@ -98,6 +99,8 @@ def beam_search(
             impermissible codes at -inf, not renormalised); see the module docstring.
         full_vocab: the model's softmax spans every level's output rows (``full_vocab``
             training); matters for ``masked_softmax`` and unconstrained decoding only.
+        item_buckets: similarity buckets [B, J, J] of the histories (``sim_attention``
+            models: ``model.similarity_buckets(history)``); the decoder steps do not use them.
 
     Returns:
         :class:`BeamSearchResult` with K = top_k; items are unique within a row.
@@ -111,7 +114,7 @@ def beam_search(
             f"prefix index levels {index.level_sizes} differ from the model's target levels "
             f"{model.cfg.target_sizes}."
         )
-    enc = model.encode(input_ids, attention_mask, item_pos, code_pos)
+    enc = model.encode(input_ids, attention_mask, item_pos, code_pos, item_buckets)
     state = model.start_decoding(enc, attention_mask)
     b = enc.shape[0]
     device = enc.device

@@ -30,6 +30,8 @@ def to_hf_t5(model: GenRecT5) -> T5ForConditionalGeneration:
     cfg = model.cfg
     if cfg.position_bias != "t5":
         raise MscgError("only a genrec model with position_bias='t5' maps onto HF T5 weights.")
+    if cfg.triple_sizes or cfg.sim_attention:
+        raise MscgError("a genrec model with triple tokens or sim_attention has no HF T5 form.")
     hf_cfg = T5Config(
         vocab_size=cfg.vocab_size,
         d_model=cfg.d_model,

@@ -216,12 +216,30 @@ class EncoderLayer(nn.Module):
         self.dropout = make_dropout(cfg.dropout, cfg.dropout_mode)
         self.p = cfg.dropout
         self.mode = cfg.dropout_mode
+        self.tokens_per_item = cfg.tokens_per_item
+        self.sim = None
+        if cfg.sim_attention:  # BBQRec's similarity-enhanced attention (paper Eq. 17)
+            from mscg_lightning.stages.genrec.similarity_attention import SimilarityAttention
 
-    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+            self.sim = SimilarityAttention(
+                cfg.num_heads,
+                cfg.d_kv,
+                cfg.sim_buckets,
+                cfg.sim_init,  # type: ignore[arg-type]
+            )
+
+    def forward(self, x: Tensor, bias: Tensor, item_buckets: Tensor | None = None) -> Tensor:
+        """``item_buckets`` [B, J, J]: similarity buckets of the J items (``sim_attention``)."""
         h = self.norm1(x)
         a = self.attn
         q, k, v = a.split(a.q(h)), a.split(a.k(h)), a.split(a.v(h))
-        out = _attend(q, k, v, bias, self._p(), self.mode)
+        if self.sim is None:
+            out = _attend(q, k, v, bias, self._p(), self.mode)
+        else:
+            p = self._p()
+            if p > 0.0 and self.mode == "fast":  # DropKey as _attend, then no prob. dropout
+                bias, p = drop_keys(bias.to(q.dtype), (*q.shape[:-1], k.shape[-2]), p), 0.0
+            out = self.sim.forward_grouped(q, k, v, bias, item_buckets, self.tokens_per_item, p)
         x = x + self.dropout(a.o(a.merge(out)))
         return x + self.dropout(self.ff(self.norm2(x)))
 

@@ -43,6 +43,8 @@ from mscg_lightning.stages.genrec.layers import (
     make_dropout,
     relative_bucket,
 )
+from mscg_lightning.stages.genrec.similarity_attention import aligned_items, similarity_buckets
+from mscg_lightning.stages.genrec.triple_tokens import TripleTokens
 
 if TYPE_CHECKING:
     from mscg_lightning.stages.genrec.tokens import TokenLayout
@@ -108,6 +110,18 @@ class GenRecConfig:
     # "bidirectional" (paper): every history token sees every other; "item_causal": a token sees
     # its own item's tokens and earlier items' (what one-pass window training needs).
     encoder_attention: str = "bidirectional"
+    # BBQRec (issue 20; triple_tokens.py, similarity_attention.py), all off by default.
+    # Triple tokens: layout ids [triple_start, + sum(triple_sizes)) are one modality's dense
+    # triples (V_l per level, then the collision size), embedded by TripleTokens.
+    triple_start: int = 0
+    triple_sizes: tuple[int, ...] = ()
+    triple_signals: int = 0
+    triple_codebook_size: int = 0
+    triple_target: bool = False  # the decoder generates that modality: tied triple head
+    # Similarity-enhanced encoder self-attention (paper Eq. 17) over K + 1 buckets.
+    sim_attention: bool = False
+    sim_buckets: int = 100
+    sim_init: str = "ones"  # "ones" (starts as plain attention) or "paper" (U(0, 0.01))
 
     def __post_init__(self) -> None:
         self.target_offsets = tuple(int(o) for o in self.target_offsets)
@@ -129,6 +143,11 @@ class GenRecConfig:
             raise MscgError(
                 f"genrec encoder_attention must be one of {', '.join(ENCODER_ATTENTIONS)}, "
                 f"got '{self.encoder_attention}'."
+            )
+        if self.sim_init not in ("ones", "paper") or self.sim_buckets < 1:
+            raise MscgError(
+                f"genrec sim_init must be 'ones' or 'paper' and sim_buckets >= 1, got "
+                f"'{self.sim_init}' and {self.sim_buckets}."
             )
         self._resolve_buckets()
 
@@ -177,8 +196,23 @@ class GenRecConfig:
         return self.code_buckets >= 2 * self.code_max_distance + 1
 
     @classmethod
-    def from_layout(cls, layout: TokenLayout, **kwargs: object) -> GenRecConfig:
-        """Config whose vocabulary and target levels come from a :class:`TokenLayout`."""
+    def from_layout(
+        cls, layout: TokenLayout, triple: dict | None = None, **kwargs: object
+    ) -> GenRecConfig:
+        """Config whose vocabulary and target levels come from a :class:`TokenLayout`.
+
+        ``triple``: ``{"modality", "signals", "codebook_size"}`` of a bbq (triple-token)
+        modality of the layout, embedded by ``TripleTokens``; None: none.
+        """
+        if triple is not None:
+            m = layout.modalities.index(triple["modality"])
+            kwargs.update(
+                triple_start=layout.offsets[m][0],
+                triple_sizes=layout.vocab_sizes[m],
+                triple_signals=int(triple["signals"]),
+                triple_codebook_size=int(triple["codebook_size"]),
+                triple_target=m == layout.target_index,
+            )
         return cls(
             vocab_size=layout.vocab_size,
             target_offsets=layout.target_offsets,
@@ -213,11 +247,36 @@ class GenRecT5(nn.Module):
         self.decoder_bias = nn.Embedding(cfg.num_buckets, heads)
         sizes = cfg.target_sizes
         self.head_offsets = tuple(sum(sizes[:level]) for level in range(len(sizes)))
-        self.head = None if cfg.tie_output else nn.Linear(d, sum(sizes), bias=False)
+        tied = cfg.tie_output or cfg.triple_target
+        self.head = None if tied else nn.Linear(d, sum(sizes), bias=False)
         self.register_buffer(
             "target_offsets", torch.tensor(cfg.target_offsets, dtype=torch.long), persistent=False
         )
+        self.register_buffer("item_vectors", torch.zeros(0, 1), persistent=False)
         self.reset_parameters()
+        self.triple: TripleTokens | None = None  # after reset_parameters: its own init
+        if cfg.triple_sizes:
+            self.triple = TripleTokens(
+                cfg.triple_start, cfg.triple_sizes, cfg.triple_signals, cfg.triple_codebook_size, d
+            )
+
+    def embed_ids(self, ids: Tensor) -> Tensor:
+        """Input embeddings [..., d] of layout ids [...] (triple tokens via ``self.triple``)."""
+        return self.embed(ids) if self.triple is None else self.triple.embed(ids, self.embed)
+
+    def set_item_vectors(self, vectors: Tensor) -> None:
+        """The catalogue's item vectors v [N, D] of similarity attention (not saved)."""
+        self.item_vectors = vectors.float().to(self.target_offsets.device)
+
+    def similarity_buckets(self, history: Tensor) -> Tensor | None:
+        """Item-pair buckets [B, J, J] of histories [B, H] (-1 padded) as the tokenizer aligns
+        them (J = longest history); None without similarity attention."""
+        if not self.cfg.sim_attention:
+            return None
+        if self.item_vectors.shape[0] == 0:
+            raise MscgError("genrec sim_attention: set_item_vectors was not called.")
+        items = aligned_items(history)
+        return similarity_buckets(self.item_vectors, items, items, self.cfg.sim_buckets)
 
     @property
     def num_levels(self) -> int:
@@ -271,19 +330,28 @@ class GenRecT5(nn.Module):
         return values.permute(0, 3, 1, 2)
 
     def encode(
-        self, input_ids: Tensor, attention_mask: Tensor, item_pos: Tensor, code_pos: Tensor
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        item_pos: Tensor,
+        code_pos: Tensor,
+        item_buckets: Tensor | None = None,
     ) -> Tensor:
         """Encode histories.
 
         Args:
             input_ids: LongTensor[B, S]; attention_mask: BoolTensor[B, S] (True = token);
             item_pos, code_pos: LongTensor[S] or [B, S] (see ``tokens.EncoderInputs``).
+            item_buckets: LongTensor[B, J, J] (:meth:`similarity_buckets`, S = J x tokens per
+                item), required with ``sim_attention``.
 
         Returns:
             FloatTensor[B, S, d_model]. With ``encoder_attention="item_causal"`` the states of an
             item's tokens depend only on that item and the items before it.
         """
-        x = self.dropout(self.embed(input_ids))
+        if self.cfg.sim_attention and item_buckets is None:
+            raise MscgError("genrec sim_attention: encode() needs the history's item_buckets.")
+        x = self.dropout(self.embed_ids(input_ids))
         bias = self.encoder_bias_values(item_pos, code_pos)
         pad = torch.where(attention_mask, 0.0, _neg(bias.dtype))[:, None, None, :]
         bias = bias + pad  # [B, H, S, S], shared by every layer as in T5
@@ -298,9 +366,11 @@ class GenRecT5(nn.Module):
         for layer in self.encoder_layers:
             if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # the RNG state is replayed on recomputation, so dropout masks are the same
-                x = torch.utils.checkpoint.checkpoint(layer, x, bias, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(
+                    layer, x, bias, item_buckets, use_reentrant=False
+                )
             else:
-                x = layer(x, bias)
+                x = layer(x, bias, item_buckets)
         return self.dropout(self.encoder_norm(x))
 
     # ----------------------------------------------------------------------------- decoder
@@ -325,6 +395,8 @@ class GenRecT5(nn.Module):
     def head_weight(self, level: int) -> Tensor:
         """Output rows of ``level``: [V_l, d] (scaled by d**-0.5 when tied, as T5 does)."""
         size = self.cfg.target_sizes[level]
+        if self.cfg.triple_target:
+            return self.triple.head_weight(level)
         if self.head is None:
             start = self.cfg.target_offsets[level]
             return self.embed.weight[start : start + size] * self.cfg.d_model**-0.5
@@ -376,7 +448,7 @@ class GenRecT5(nn.Module):
             logits FloatTensor[B, D, V_max]; level l's columns beyond V_l are -inf. With
             ``full_vocab``: FloatTensor[B, D, sum_l V_l] (level l's codes at ``head_offsets[l]``).
         """
-        x = self.dropout(self.embed(self.decoder_input_ids(target_codes)))
+        x = self.dropout(self.embed_ids(self.decoder_input_ids(target_codes)))
         depth = target_codes.shape[1]
         self_bias = self.decoder_bias_values(depth, x.device)
         cross_mask = torch.where(attention_mask, 0.0, _neg(x.dtype))[:, None, None, :]
@@ -405,7 +477,7 @@ class GenRecT5(nn.Module):
         """
         b, t, depth = target_codes.shape
         ids = self.decoder_input_ids(target_codes.reshape(b * t, depth)).view(b, t * depth)
-        x = self.dropout(self.embed(ids))  # [B, T*D, d]
+        x = self.dropout(self.embed_ids(ids))  # [B, T*D, d]
         block = torch.arange(t, device=x.device).repeat_interleave(depth)  # target of each row
         level = torch.arange(depth, device=x.device).repeat(t)
         one = self.decoder_bias_values(depth, x.device)  # [1, H, D, D]
@@ -426,10 +498,11 @@ class GenRecT5(nn.Module):
         code_pos: Tensor,
         target_codes: Tensor,
         full_vocab: bool = False,
+        item_buckets: Tensor | None = None,
     ) -> Tensor:
         """Teacher-forced logits [B, D, V_max] (or [B, D, sum V_l], see ``decode``) of the target
         codes [B, D] given histories."""
-        enc = self.encode(input_ids, attention_mask, item_pos, code_pos)
+        enc = self.encode(input_ids, attention_mask, item_pos, code_pos, item_buckets)
         return self.decode(enc, attention_mask, target_codes, full_vocab)
 
     def start_decoding(self, enc: Tensor, attention_mask: Tensor) -> DecoderState:
@@ -454,7 +527,7 @@ class GenRecT5(nn.Module):
             FloatTensor[B, W, d_model]; ``level_logits(h, state.step - 1)`` scores the next code.
         """
         t = state.step
-        x = self.embed(tokens)
+        x = self.embed_ids(tokens)
         bias = self.decoder_bias_values(t + 1, x.device)[:, :, t : t + 1, :]  # [1, H, 1, t+1]
         for i, layer in enumerate(self.decoder_layers):
             x, state.self_k[i], state.self_v[i] = layer.step(

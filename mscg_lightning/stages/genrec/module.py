@@ -73,6 +73,15 @@ class GenRecModule(L.LightningModule):
             ``auto`` (renormalized for ``constrained`` models, masked_softmax otherwise).
         val_metric: ``ndcg@10`` (beam search on validation users) or ``loss`` (cheaper).
         ks: cut-offs of the retrieval metrics.
+        triple_embedding: a bbq (triple-token) codes source (``token_layout["triple"]``, set by
+            the stage) is embedded as ``sum`` (ours, default: sum of the signals' code
+            embeddings + a level embedding, tied head) or ``full`` (one row per occurring
+            triple, the ordinary tables and head). Ignored without a bbq source.
+        inherit_code_embeddings: initialise the ``sum`` tables from the bbq codebooks (paper
+            Table 4 ablation; needs d_model = the tokenizer's latent_dim).
+        sim_attention, sim_buckets, sim_init: BBQRec's similarity-enhanced encoder attention
+            over the bbq item vectors [paper: on, K = 100]; ``sim_init`` ``ones`` (ours: starts
+            as plain attention) or ``paper`` (U(0, 0.01)).
     """
 
     def __init__(
@@ -110,6 +119,11 @@ class GenRecModule(L.LightningModule):
         beam_scoring: Literal["renormalized", "masked_softmax", "auto"] = "auto",
         val_metric: Literal["ndcg@10", "loss"] = "ndcg@10",
         ks: Sequence[int] = (1, 5, 10),
+        triple_embedding: Literal["sum", "full"] = "sum",
+        inherit_code_embeddings: bool = False,
+        sim_attention: bool = False,
+        sim_buckets: int = 100,
+        sim_init: Literal["ones", "paper"] = "ones",
     ) -> None:
         super().__init__()
         if token_layout is None:
@@ -123,9 +137,16 @@ class GenRecModule(L.LightningModule):
         self.layout = TokenLayout(
             token_layout["modalities"], token_layout["vocab_sizes"], token_layout["target"]
         )
+        triple = check_bbq_options(
+            token_layout.get("triple"), triple_embedding, inherit_code_embeddings
+        )
         self.model = GenRecT5(
             GenRecConfig.from_layout(
                 self.layout,
+                triple=triple,
+                sim_attention=sim_attention,
+                sim_buckets=sim_buckets,
+                sim_init=sim_init,
                 d_model=d_model,
                 num_heads=num_heads,
                 d_kv=d_kv,
@@ -159,12 +180,30 @@ class GenRecModule(L.LightningModule):
         self.predictions: list[tuple[Tensor, Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------------- catalogue
-    def set_catalogue(self, codes: Tensor, present: Tensor) -> None:
+    def set_catalogue(
+        self,
+        codes: Tensor,
+        present: Tensor,
+        triples: list[Tensor] | None = None,
+        item_vectors: Tensor | None = None,
+    ) -> None:
         """Attach every item's codes: codes [N, M, P_max], present [N, M] (see tokens.py).
 
         Builds the history tokenizer and the prefix index over the target modality's tuples
-        of the items that have it.
+        of the items that have it. BBQRec: ``triples`` (dense id -> raw triple [V_l] per level,
+        for ``triple_embedding: sum``) and ``item_vectors`` v [N, D] (for ``sim_attention``).
         """
+        if self.model.triple is not None:
+            if triples is None:
+                raise MscgError("genrec: the bbq triple vocabularies were not given.")
+            self.model.triple.set_triples(triples)
+        if self.hparams.sim_attention:
+            if item_vectors is None or item_vectors.shape[0] != present.shape[0]:
+                raise MscgError(
+                    "genrec model.init_args.sim_attention needs the item vectors of a bbq "
+                    "codes source in genrec.modalities (its embeddings.parquet), one per item."
+                )
+            self.model.set_item_vectors(item_vectors)
         self.tokenizer = HistoryTokenizer(self.layout, codes, present)
         t = self.layout.target_index
         has_target = present[:, t]
@@ -175,6 +214,18 @@ class GenRecModule(L.LightningModule):
         self.index = PrefixIndex(tuples, self.layout.target_sizes, item_ids=item_ids)
         self.tokenizer.to(self.device)
         self.index.to(self.device)
+
+    def inherit_codebooks(self, codebooks: Tensor) -> None:
+        """``inherit_code_embeddings``: copy the bbq codebooks [T, L, K, D] into the ``sum``
+        tables (before training)."""
+        if self.hparams.inherit_code_embeddings:
+            if codebooks.shape[-1] != self.hparams.d_model:
+                raise MscgError(
+                    "genrec model.init_args.inherit_code_embeddings needs d_model equal to the "
+                    f"bbq tokenizer's latent_dim ({codebooks.shape[-1]}), got "
+                    f"{self.hparams.d_model}."
+                )
+            self.model.triple.embedding.inherit_codebooks(codebooks)
 
     def on_fit_start(self) -> None:
         self._check_catalogue()
@@ -206,11 +257,13 @@ class GenRecModule(L.LightningModule):
             # Nothing to learn from: weight the batch zero (a mean over no targets is NaN). The
             # zero still spans every parameter, so backward and DDP's gradient sync run as usual.
             return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0, 0
-        inputs = self.tokenizer(
-            batch["history"][keep], mask_prob=mask_prob, masked_modalities=masked
-        )
+        history = batch["history"][keep]
+        inputs = self.tokenizer(history, mask_prob=mask_prob, masked_modalities=masked)
+        buckets = self.model.similarity_buckets(history)
         target = target[keep]
-        total = self._target_loss(lambda full: self.model(*inputs, target, full_vocab=full), target)
+        total = self._target_loss(
+            lambda full: self.model(*inputs, target, full_vocab=full, item_buckets=buckets), target
+        )
         return total / target.numel(), int(keep.sum())
 
     def _target_loss(self, logits_of: Any, target: Tensor) -> Tensor:
@@ -238,7 +291,7 @@ class GenRecModule(L.LightningModule):
         n = int(keep.sum())
         if n == 0:
             return torch.stack([p.sum() for p in self.parameters()]).sum() * 0.0, 0
-        enc = self.model.encode(*inputs)
+        enc = self.model.encode(*inputs, self.model.similarity_buckets(batch["history"]))
         hidden = self.model.decode_windows(
             enc, inputs.attention_mask, self.layout.tokens_per_item, codes.clamp(min=0)
         )[keep]  # [N, D, d]
@@ -272,6 +325,7 @@ class GenRecModule(L.LightningModule):
             constrained=self.hparams.constrained_decoding,
             scoring=self.beam_scoring,
             full_vocab=self.hparams.constrained_training == "full_vocab",
+            item_buckets=self.model.similarity_buckets(history),
         )
         return result.items, result.scores
 
@@ -322,7 +376,9 @@ class GenRecModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for name, param in self.named_parameters():
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+            # the similarity tables (init ones = plain attention) must not decay towards zero
+            plain = param.ndim < 2 or "norm" in name or name.endswith("sim.table")
+            (no_decay if plain else decay).append(param)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.hparams.weight_decay},
@@ -344,3 +400,21 @@ class GenRecModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def check_bbq_options(
+    triple: dict[str, Any] | None, triple_embedding: str, inherit_code_embeddings: bool
+) -> dict[str, Any] | None:
+    """The ``triple`` spec for :class:`GenRecConfig` (None: ordinary tables); refuses bad
+    combinations of the BBQRec switches in one sentence."""
+    if triple_embedding not in ("sum", "full"):
+        raise MscgError(
+            f"genrec model.init_args.triple_embedding must be 'sum' or 'full', got "
+            f"'{triple_embedding}'."
+        )
+    if inherit_code_embeddings and (triple is None or triple_embedding != "sum"):
+        raise MscgError(
+            "genrec model.init_args.inherit_code_embeddings needs a bbq codes source in "
+            "genrec.modalities and triple_embedding 'sum'."
+        )
+    return triple if triple is not None and triple_embedding == "sum" else None

@@ -13,7 +13,7 @@ to the encoder output as before, so cached decoding needs no change.
 
 Memory: :meth:`SimilarityAttention.forward` (any token layout) gathers e as [B, Q, K, H, dk] per
 query chunk, all kept for the backward pass; :meth:`SimilarityAttention.forward_grouped` (the
-encoder's runs of T tokens per item) needs only [B, H, S, J, dk] and [B, J, J, H, dk], about T
+encoder's runs of T tokens per item) needs only [B, H, J, S, dk] and [B, J, J, H, dk], about T
 times less: the one to wire into the encoder.
 """
 
@@ -45,6 +45,15 @@ def similarity_buckets(
     return buckets.masked_fill(none, num_buckets + 1)
 
 
+def aligned_items(history: Tensor) -> Tensor:
+    """Histories [B, H] (-1 padding anywhere) as ``HistoryTokenizer`` aligns them: [B, H'],
+    valid items right-aligned in order, H' = the longest valid history (at least 1)."""
+    valid = history >= 0
+    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
+    (aligned,) = trim_left_padding(history.gather(1, order))
+    return aligned
+
+
 def token_items(history: Tensor, tokens_per_item: int) -> Tensor:
     """The item_idx of every encoder token, as ``HistoryTokenizer`` lays histories out.
 
@@ -52,10 +61,7 @@ def token_items(history: Tensor, tokens_per_item: int) -> Tensor:
     Returns [B, S] with S = H' * tokens_per_item (H' = longest valid history, at least 1), -1 at
     padding tokens: valid items right-aligned, each repeated for its tokens.
     """
-    valid = history >= 0
-    order = torch.argsort(valid.to(torch.int8), dim=1, stable=True)
-    (aligned,) = trim_left_padding(history.gather(1, order))
-    return aligned.repeat_interleave(tokens_per_item, dim=1)
+    return aligned_items(history).repeat_interleave(tokens_per_item, dim=1)
 
 
 def encoder_buckets(
@@ -141,9 +147,10 @@ class SimilarityAttention(nn.Module):
 
         Tokens come in runs of T = ``tokens_per_item`` per item (S = J * T, as
         :func:`token_items`), so a bucket depends only on the item pair: ``item_buckets``
-        [B, J, J] (``similarity_buckets`` of the J items). The attention-weighted values are
-        first summed per key item ([B, H, S, J, dk]), then scaled by e and summed over items;
-        no [B, S, S, H, dk] tensor is formed. Returns [B, H, S, dk].
+        [B, J, J] (``similarity_buckets`` of the J items). The values are scaled once per query
+        item (``e[i, J(k)] ⊙ v_k``, [B, H, J, S, dk]) and each query item's T rows multiply
+        them in one matmul; no [B, S, S, H, dk] tensor is formed (measured about 1.4x faster on
+        CPU than summing the weighted values per key item first). Returns [B, H, S, dk].
         """
         scores = (q @ k.transpose(-1, -2)) * scale + bias.to(q.dtype)
         attn = F.dropout(scores.softmax(-1).nan_to_num(0.0), p=dropout, training=dropout > 0)
@@ -151,11 +158,10 @@ class SimilarityAttention(nn.Module):
         j, t = s // tokens_per_item, tokens_per_item
         if j * t != s or item_buckets.shape[-1] != j:
             raise ValueError(f"{s} tokens are not {item_buckets.shape[-1]} items x {t} tokens")
-        per_item = torch.einsum(
-            "bhsjt,bhjtd->bhsjd", attn.view(b, h, s, j, t), v.view(b, h, j, t, dk)
-        )
         e = self.bucket_vectors(item_buckets).to(v.dtype)  # [B, J(query item), J, H, dk]
-        out = torch.einsum("bhitjd,bijhd->bhitd", per_item.view(b, h, j, t, j, dk), e)
+        # values as each query item sees them: e[i, J(k)] ⊙ v_k -> [B, H, J(query), S, dk]
+        scaled = e.permute(0, 3, 1, 2, 4)[:, :, :, :, None] * v.view(b, h, 1, j, t, dk)
+        out = attn.view(b, h, j, t, s) @ scaled.reshape(b, h, j, s, dk)  # [B, H, J, T, dk]
         return out.reshape(b, h, s, dk)
 
 

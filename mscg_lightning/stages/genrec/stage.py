@@ -8,6 +8,7 @@ modality whose codes the decoder generates. One modality in and out is TIGER.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from mscg_lightning.artifacts import Manifest, read_codes, read_manifest, write_
 from mscg_lightning.compare import write_test_ranks
 from mscg_lightning.errors import MscgError
 from mscg_lightning.pipeline import StageContext, artifact_dir, resolve_source
+from mscg_lightning.stages.genrec.bbq_source import BBQSource, is_triple, single_bbq
 from mscg_lightning.stages.genrec.tokens import TokenLayout, stack_modality_codes
 
 
@@ -57,11 +59,71 @@ def load_catalogue(
     return layout, tables, num_items
 
 
+@dataclass
+class Catalogue:
+    """What GenRecModule is built and fed with: the token layout dict, codes [N, M, P_max],
+    present [N, M], and the bbq (triple-token) source if any (``bbq_source.py``)."""
+
+    layout: dict[str, Any]
+    codes: torch.Tensor
+    present: torch.Tensor
+    bbq: BBQSource | None = None
+
+    def attach(self, model: Any) -> None:
+        """``model.set_catalogue`` with the bbq triples / item vectors the model needs."""
+        bbq = self.bbq
+        vectors = None
+        if bbq is not None and model.hparams.get("sim_attention", False):
+            vectors = bbq.item_vectors(self.codes.shape[0])
+        triples = None if bbq is None else bbq.triples
+        model.set_catalogue(self.codes, self.present, triples=triples, item_vectors=vectors)
+
+
+def read_catalogue(
+    prepared_dir: Path, sources: dict[str, str], target: str, run_dir: Path
+) -> Catalogue:
+    """The :class:`Catalogue` of a genrec section; a bbq source's triples are compacted to the
+    triples that occur (dense ids per level, see ``bbq_source.py``)."""
+    layout, tables, num_items = load_catalogue(prepared_dir, sources, run_dir)
+    found = []
+    for modality, source in sources.items():
+        directory = _codes_dir(run_dir, source)
+        if directory is None:
+            continue
+        manifest = read_manifest(directory)
+        if is_triple(manifest):
+            item_idx, raw = tables[modality]
+            bbq = BBQSource.from_codes(modality, directory, manifest.extra, raw)
+            tables[modality] = (item_idx, bbq.compact(raw))
+            m = layout["modalities"].index(modality)
+            layout["vocab_sizes"][m] = [len(v) for v in bbq.triples] + [
+                layout["vocab_sizes"][m][-1]
+            ]
+            layout["triple"] = bbq.layout_entry()
+            found.append(bbq)
+    bbq = single_bbq(found)
+    layout, codes, present = _stack(layout, tables, num_items, sources, target)
+    return Catalogue(layout, codes, present, bbq)
+
+
+def _codes_dir(run_dir: Path, source: str) -> Path | None:
+    """The artifact folder of a codes source (``instance`` or ``instance:part``), None for
+    codes that are a column of the prepared data (``prepare:codes_lemb``)."""
+    resolved = resolve_source(run_dir, source)
+    return resolved.path if resolved.column is None else None
+
+
 def build_catalogue(
     prepared_dir: Path, sources: dict[str, str], target: str, run_dir: Path
 ) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """(token layout dict, codes [N, M, P_max], present [N, M]) for GenRecModule."""
-    layout, tables, num_items = load_catalogue(prepared_dir, sources, run_dir)
+    cat = read_catalogue(prepared_dir, sources, target, run_dir)
+    return cat.layout, cat.codes, cat.present
+
+
+def _stack(
+    layout: dict[str, Any], tables: dict, num_items: int, sources: dict[str, str], target: str
+) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     if target not in sources:
         raise MscgError(
             f"genrec.target '{target}' is not one of genrec.modalities {list(sources)}."
@@ -78,7 +140,8 @@ def run(ctx: StageContext) -> Manifest | None:
     section = ctx.section
     sources = dict(section.modalities or {})
     prepared = ctx.inputs["prepare"]
-    layout, codes, present = build_catalogue(prepared, sources, section.target, ctx.run_dir)
+    catalogue = read_catalogue(prepared, sources, section.target, ctx.run_dir)
+    layout, codes = catalogue.layout, catalogue.codes
     val_metric = section.model.init_args.get("val_metric", "ndcg@10")
     monitor, mode = ("val/loss", "min") if val_metric == "loss" else ("val/ndcg@10", "max")
     stage = build_stage(
@@ -91,13 +154,15 @@ def run(ctx: StageContext) -> Manifest | None:
         mode=mode,
     )
     model = stage.model
-    model.set_catalogue(codes, present)
+    catalogue.attach(model)
+    if model.hparams.get("inherit_code_embeddings", False):
+        model.inherit_codebooks(catalogue.bbq.codebooks())
     stage.trainer.fit(model, datamodule=stage.datamodule, ckpt_path=stage.resume_from)
     best = stage.checkpoint.best_model_path or None
     if best:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         model.load_state_dict(state)
-    model.set_catalogue(codes, present)
+    catalogue.attach(model)
     stage.trainer.test(model, datamodule=stage.datamodule, verbose=False)  # mscg prints its own
     test_users, test_ranks = model.test_metrics.user_ranks()  # every rank: it gathers
     if ctx.out_dir is None:
@@ -105,6 +170,8 @@ def run(ctx: StageContext) -> Manifest | None:
     result = model.test_result
     write_test_ranks(ctx.out_dir, test_users, test_ranks, int(model.hparams.top_k))
     name = "TIGER" if len(sources) == 1 else "MSCGRec"
+    if catalogue.bbq is not None:
+        name = "BBQRec"
     write_json(
         ctx.out_dir / "metrics.json",
         {
@@ -175,7 +242,8 @@ def load_trained(run_dir: Path, config, instance: str = "genrec") -> tuple[Any, 
     # The manifest's JSON sorts the modalities by name; the model was trained with the codes of
     # every history item stacked in the config's order, which its token layout keeps.
     sources = {m: manifest.extra["modalities"][m] for m in trained["modalities"]}
-    layout, codes, present = build_catalogue(prepared, sources, manifest.extra["target"], run_dir)
+    catalogue = read_catalogue(prepared, sources, manifest.extra["target"], run_dir)
+    layout = catalogue.layout
     if layout["vocab_sizes"] != trained["vocab_sizes"]:
         raise MscgError(
             f"the codes artifacts of {run_dir} changed after genrec was trained (vocabulary "
@@ -183,7 +251,7 @@ def load_trained(run_dir: Path, config, instance: str = "genrec") -> tuple[Any, 
         )
     model = GenRecModule(**{**ckpt["hyper_parameters"], "token_layout": layout})
     model.load_state_dict(ckpt["state_dict"])
-    model.set_catalogue(codes, present)
+    catalogue.attach(model)
     model.eval()
     return model, prepared
 

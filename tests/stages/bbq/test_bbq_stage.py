@@ -109,6 +109,7 @@ def test_stage_writes_triples_vectors_and_parts(tiny_run, tmp_path):
 def test_text_only_and_source_specs(tiny_run, tmp_path):
     ctx = _context(tiny_run, tmp_path / "bbq", {"text_embed": tiny_run / "text_embed"})
     ctx.section.inputs = Namespace(text="text_embed")
+    ctx.run_dir = tiny_run  # a spec resolves against the run's artifacts (graph: resolve_source)
     manifest = run(ctx)
     assert manifest.extra["signals"] == ["id", "text"]
     assert manifest.extra["codebook_size"] == 16

@@ -143,5 +143,6 @@ def test_too_large_triple_vocabulary_is_a_user_error(tiny_run, tmp_path):
 def test_given_embeddings_column_by_graph_spec(tiny_run, tmp_path):
     ctx = _context(tiny_run, tmp_path / "bbq", {})
     ctx.sources = {"text": "prepare:emb_text"}  # the stage graph's slot spec of a given column
+    ctx.run_dir = tiny_run  # specs resolve against the run's artifacts (graph: resolve_source)
     manifest = run(ctx)
     assert manifest.extra["signals"] == ["id", "text"]

@@ -128,13 +128,7 @@ class StageContext:
 
     def section_as(self, cls: type) -> Any:
         """The section as an instance of the dataclass ``cls`` (jsonargparse parses to Namespace)."""
-        if isinstance(self.section, cls):
-            return self.section
-        fields = getattr(cls, "__dataclass_fields__", None)
-        values = _plain(self.section)
-        if fields is not None:  # kind and inputs sit beside the section's own fields
-            values = {k: v for k, v in values.items() if k in fields}
-        return cls(**values)
+        return section_as(self.section, cls)
 
     def part_dir(self, part: str) -> Path:
         """A new directory for part ``part`` of this stage's artifact (``<artifact>/<part>``).
@@ -156,6 +150,17 @@ class StageContext:
     def checkpoint_dir(self) -> Path:
         """Checkpoints for resuming this stage; keyed by config hash so a changed config starts anew."""
         return self.run_dir / "checkpoints" / f"{self.name}-{self.config_hash}"
+
+
+def section_as(section: Any, cls: type) -> Any:
+    """A parsed section (Namespace or dict) as an instance of the dataclass ``cls``."""
+    if isinstance(section, cls):
+        return section
+    fields = getattr(cls, "__dataclass_fields__", None)
+    values = _plain(section)
+    if fields is not None:  # kind and inputs sit beside the section's own fields
+        values = {k: v for k, v in values.items() if k in fields}
+    return cls(**values)
 
 
 def _plain(value: Any) -> Any:
@@ -192,8 +197,7 @@ def config_hash_of(config: Namespace, name: str) -> str:
         from mscg_lightning.data import given_embeddings
         from mscg_lightning.data.prepare import PrepareConfig, resolve_folder
 
-        fields = {k: v for k, v in section.items() if k in PrepareConfig.__dataclass_fields__}
-        folder = resolve_folder(PrepareConfig(**fields), Path(config.data_root))
+        folder = resolve_folder(section_as(section, PrepareConfig), Path(config.data_root))
         key["given_files"] = given_embeddings.fingerprints(section["given_embeddings"], folder)
     return stable_hash(key)
 

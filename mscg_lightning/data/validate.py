@@ -325,14 +325,12 @@ def check_prepare_section(section: object) -> None:
     mapping), so that a bad prepare setting fails before any stage runs (also when prepare
     itself is up to date)."""
     from mscg_lightning.data.prepare import PrepareConfig
-    from mscg_lightning.pipeline import _plain
+    from mscg_lightning.pipeline import section_as
 
     if section is None:
         return
-    plain = _plain(section)
-    fields = {k: v for k, v in plain.items() if k in PrepareConfig.__dataclass_fields__}
     try:
-        cfg = PrepareConfig(**fields)
+        cfg = section_as(section, PrepareConfig)
     except TypeError as err:  # the parser knows every key; a hand-built Namespace may not
         raise MscgError(f"the prepare section is not valid ({err}).") from err
     cfg.validate()

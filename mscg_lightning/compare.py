@@ -88,6 +88,25 @@ def load_row(name: str, directory: Path, ks: Sequence[int] = (1, 5, 10)) -> Row:
     return Row(name, label, users, {m: v.numpy() for m, v in per_user.items()})
 
 
+def average_seeds(rows: Sequence[Row]) -> Row:
+    """One row from the same instance trained with several seeds: each user's metric averaged
+    over the seeds, on the users every seed scored (the paired tests then resample users)."""
+    if not rows:
+        raise MscgError("average_seeds needs at least one row.")
+    common = rows[0].users
+    for row in rows[1:]:
+        common = np.intersect1d(common, row.users)
+    positions = []
+    for row in rows:
+        order = np.argsort(row.users)
+        positions.append(order[np.searchsorted(row.users, common, sorter=order)])
+    values = {
+        metric: np.mean([row.values[metric][pos] for row, pos in zip(rows, positions)], axis=0)
+        for metric in rows[0].values
+    }
+    return Row(rows[0].name, rows[0].label, common, values)
+
+
 def paired_diff(
     a: Row, b: Row, metric: str, num_samples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:

@@ -4,6 +4,8 @@
     python benchmarks/genrec_quality.py --dataset beauty --variants mscgrec,tiger
     python benchmarks/genrec_quality.py --dataset scientific --jobs 2 --max_epochs 15 \\
         --overlay configs/model/genrec-small.yaml
+    python benchmarks/genrec_quality.py --dataset instruments --seeds 0 1 --max_epochs 4 \\
+        --variants mscgrec,no_const_train,no_pos_emb,tiger --overlay configs/model/genrec-small.yaml
 
 A thin wrapper around ``mscg fit --config configs/compare/<dataset>.yaml``: the upstream stages
 (prepare, SASRec, the quantizers) run once in one run directory, then every selected genrec
@@ -11,7 +13,10 @@ instance (``--variants``, default all), ``--jobs`` of them at once as separate `
 <instance>`` processes writing their own artifacts in the same run directory (nothing is
 copied). The table is :mod:`mscg_lightning.compare`'s: full-ranking test Recall(=HR)/NDCG/MRR at
 1, 5, 10 with bootstrap 95% CIs and paired differences vs the config's reference, next to the
-published rows of DESIGN.md section 6. An ``--overlay`` with a ``genrec:`` section (e.g.
+published rows of DESIGN.md section 6. With ``--seeds`` the whole chain runs once per seed (run
+directory ``<run_dir>-s<seed>``, ``mscg fit --seed``) and each user's metric is averaged over the
+seeds before the bootstrap (:func:`mscg_lightning.compare.average_seeds`); ``per_seed`` keeps
+each seed's means. An ``--overlay`` with a ``genrec:`` section (e.g.
 configs/model/genrec-small.yaml) applies to every genrec instance. Writes
 ``benchmarks/results/genrec_<dataset>.json``: ``variants.<name>.test.<metric>.{mean, ci_low,
 ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``.
@@ -35,7 +40,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _common import append_row, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
-from mscg_lightning.compare import comparison  # noqa: E402
+from mscg_lightning.compare import (  # noqa: E402
+    average_seeds,
+    compare,
+    format_terminal,
+    load_row,
+)
+from mscg_lightning.pipeline import artifact_dir  # noqa: E402
 
 DATASETS = ("tiny", "ml100k", "beauty", "instruments", "scientific")
 PUBLISHED = {
@@ -65,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max_time", default=None, help="genrec trainer.max_time, DD:HH:MM:SS")
     p.add_argument("--max_epochs", type=int, default=None, help="genrec trainer.max_epochs")
+    p.add_argument("--precision", default=None, help="genrec trainer.precision, e.g. bf16-mixed")
+    p.add_argument("--sasrec_epochs", type=int, default=None, help="cap SASRec's max_epochs")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="one chain per seed (default: config's)"
+    )
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result file name (default genrec_<dataset>)")
     p.add_argument("--jobs", type=int, default=1, help="genrec instances trained at once")
@@ -101,7 +117,6 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         )
     tmp = tempfile.TemporaryDirectory()
     base = ["--config", str(config_file), *_overlays(args.overlay, genrecs, Path(tmp.name))]
-    base += ["--run_dir", str(run_dir)]
     if args.data_root:
         base += ["--data_root", args.data_root]
     for name in (v for v in selected if v in genrecs):
@@ -109,22 +124,45 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
             base += [f"--{name}.trainer.max_time", args.max_time]
         if args.max_epochs:
             base += [f"--{name}.trainer.max_epochs", str(args.max_epochs)]
+        if args.precision:
+            base += [f"--{name}.trainer.precision", args.precision]
+    if args.sasrec_epochs and "sasrec" in graph.instances:
+        base += ["--sasrec.trainer.max_epochs", str(args.sasrec_epochs)]
     base += args.extra
     start = time.perf_counter()
     trained = [v for v in selected if v in genrecs]
     upstream = [n for n in graph.closure(selected) if n not in trained or args.jobs <= 1]
-    if main(["fit", *base, "--stages", ",".join(upstream)]) != 0:
-        raise SystemExit("mscg fit failed")
-    if args.jobs > 1:
-        _run_parallel(base, trained, run_dir, args.jobs)
-    result = comparison(run_dir, selected, graph.reference if graph.reference in selected else None)
+    per_seed: dict[str, list] = {v: [] for v in selected}
+    run_dirs = []
+    for seed in args.seeds or [None]:
+        seed_dir = run_dir if seed is None else Path(f"{run_dir}-s{seed}")
+        seed_args = [*base, "--run_dir", str(seed_dir)]
+        seed_args += [] if seed is None else ["--seed", str(seed)]
+        if main(["fit", *seed_args, "--stages", ",".join(upstream)]) != 0:
+            raise SystemExit(f"mscg fit failed ({seed_dir})")
+        if args.jobs > 1:
+            _run_parallel(seed_args, trained, seed_dir, args.jobs)
+        for name in selected:
+            per_seed[name].append(load_row(name, artifact_dir(seed_dir, name)))
+        run_dirs.append(str(seed_dir))
+    reference = graph.reference if graph.reference in selected else None
+    result = compare([average_seeds(per_seed[v]) for v in selected], reference)
+    print(format_terminal(result))
     payload = {
         "dataset": args.dataset,
         "config": str(config_file.relative_to(REPO)),
-        "run_dir": str(run_dir),
+        "run_dirs": run_dirs,
+        "seeds": args.seeds,
         "reference": result["reference"],
         "variants": {
-            name: {"label": row["label"], "test": row["test"], **_diff(row)}
+            name: {
+                "label": row["label"],
+                "test": row["test"],
+                **_diff(row),
+                "per_seed": [
+                    {m: float(v.mean()) for m, v in r.values.items()} for r in per_seed[name]
+                ],
+            }
             for name, row in result["rows"].items()
         },
         "published": PUBLISHED.get(args.dataset, {}),

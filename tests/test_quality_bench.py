@@ -1,5 +1,5 @@
-"""benchmarks/bbqrec_quality.py end to end on the tiny fixture (2 seeds, every ablation row),
-and compare.average_seeds against plain numpy."""
+"""benchmarks/bbqrec_quality.py and genrec_quality.py --seeds end to end on the tiny fixture,
+and compare.average_seeds against a hand computation."""
 
 import importlib.util
 import json
@@ -14,10 +14,10 @@ from mscg_lightning.compare import Row, average_seeds
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _bench():
+def _bench(name: str = "bbqrec_quality"):
     sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(
-        "bench_bbqrec_quality", REPO / "benchmarks" / "bbqrec_quality.py"
+        f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -99,3 +99,18 @@ def test_bbqrec_benchmark_on_the_tiny_fixture(tmp_path):
     assert (run / "bbq_no_mim").is_dir() and (run / "bbq_no_rec").is_dir()
     assert "bbqrec_over_tiger" in payload["relative_gain"]
     assert payload["published_bbqrec_paper"]["table4_recall@10"]["bbqrec"] == 0.1147
+
+
+def test_genrec_quality_averages_two_seeds(tmp_path):
+    """One chain per seed in its own run directory; the reported mean is the seeds' mean."""
+    payload = _bench("genrec_quality").main_benchmark([
+        "--dataset", "tiny", "--seeds", "0", "1", "--variants", "mscgrec,tiger",
+        "--run_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "results"),
+    ])  # fmt: skip
+    assert payload["run_dirs"] == [str(tmp_path / "run-s0"), str(tmp_path / "run-s1")]
+    assert (tmp_path / "run-s1" / "tiger" / "test_ranks.parquet").is_file()
+    tiger = payload["variants"]["tiger"]
+    per_seed = [s["recall@10"] for s in tiger["per_seed"]]
+    assert len(per_seed) == 2
+    assert abs(np.mean(per_seed) - tiger["test"]["recall@10"]["mean"]) < 1e-6
+    assert "recall@10" in tiger["vs_reference"]

@@ -16,7 +16,9 @@ copied). The table is :mod:`mscg_lightning.compare`'s: full-ranking test Recall(
 published rows of DESIGN.md section 6. With ``--seeds`` the whole chain runs once per seed (run
 directory ``<run_dir>-s<seed>``, ``mscg fit --seed``) and each user's metric is averaged over the
 seeds before the bootstrap (:func:`mscg_lightning.compare.average_seeds`); ``per_seed`` keeps
-each seed's means. An ``--overlay`` with a ``genrec:`` section (e.g.
+each seed's means. ``--share_upstream`` varies only the genrec instances' seeds: every seed
+reads the first seed's prepare / SASRec / quantizer artifacts (symlinked), so every row and
+seed sees the same codes. An ``--overlay`` with a ``genrec:`` section (e.g.
 configs/model/genrec-small.yaml) applies to every genrec instance. Writes
 ``benchmarks/results/genrec_<dataset>.json``: ``variants.<name>.test.<metric>.{mean, ci_low,
 ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``.
@@ -84,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result file name (default genrec_<dataset>)")
     p.add_argument("--jobs", type=int, default=1, help="genrec instances trained at once")
+    p.add_argument(
+        "--share_upstream",
+        action="store_true",
+        help="seeds vary the genrec instances only (`--<instance>.seed`); every seed reads the "
+        "first seed's upstream artifacts (prepare, SASRec, quantizers: the same codes)",
+    )
     p.add_argument("extra", nargs="*", help="more `mscg fit` overrides, after --")
     return p.parse_args(argv)
 
@@ -137,7 +145,14 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     for seed in args.seeds or [None]:
         seed_dir = run_dir if seed is None else Path(f"{run_dir}-s{seed}")
         seed_args = [*base, "--run_dir", str(seed_dir)]
-        seed_args += [] if seed is None else ["--seed", str(seed)]
+        if seed is not None and args.share_upstream:
+            seed_args += [a for n in trained for a in (f"--{n}.seed", str(seed))]
+            if run_dirs:
+                _link_upstream(
+                    Path(run_dirs[0]), seed_dir, [n for n in upstream if n not in trained]
+                )
+        elif seed is not None:
+            seed_args += ["--seed", str(seed)]
         if main(["fit", *seed_args, "--stages", ",".join(upstream)]) != 0:
             raise SystemExit(f"mscg fit failed ({seed_dir})")
         if args.jobs > 1:
@@ -183,6 +198,15 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
 
 def _diff(row: dict) -> dict:
     return {"vs_reference": row["vs_reference"]} if "vs_reference" in row else {}
+
+
+def _link_upstream(first: Path, seed_dir: Path, names: list[str]) -> None:
+    """Symlink the first seed's upstream artifacts into ``seed_dir`` (then "up to date")."""
+    for name in names:
+        link = artifact_dir(seed_dir, name)
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(artifact_dir(first, name).resolve(), target_is_directory=True)
 
 
 def _run_parallel(base: list[str], instances: list[str], run_dir: Path, jobs: int) -> None:

@@ -103,6 +103,13 @@ def chain_parser(
             default={},
             help=f"slot -> source instance (or instance:part); slots: {', '.join(kind.inputs)}",
         )
+        parser.add_argument(
+            f"--{name}.seed",
+            type=int | None,
+            default=None,
+            help=f"seed of '{name}' alone (default: the run's --seed); e.g. generator seeds "
+            "over one shared upstream",
+        )
         if kind.lightning:
             _add_lightning_section(parser, name, skip=WIRED_ARGS)
         elif kind.section is not None:

@@ -347,6 +347,9 @@ def build_graph(config: Any, kinds_of: dict[str, str] | None = None) -> Graph:
         if not is_enabled(kind, section):
             disabled[name] = kind_name
             continue
+        own_seed = section.get("seed") if isinstance(section, Namespace) else None
+        if isinstance(own_seed, int) and own_seed < 0:
+            raise MscgError(f"{name}.seed {own_seed} is negative; it must be 0 or more.")
         instances[name] = Instance(name, kind, section, _inputs(name, kind, section))
     if not instances:
         raise MscgError("the config declares no stage instance to run.")

@@ -178,6 +178,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def instance_seed(config: Namespace, name: str) -> int:
+    """The instance's own ``seed`` when set, else the run's."""
+    section = config.get(name) if isinstance(config, Namespace) else None
+    own = section.get("seed") if isinstance(section, Namespace) else None
+    return int(config.seed if own is None else own)
+
+
 def config_hash_of(config: Namespace, name: str) -> str:
     """Hash of what determines an instance's result: its section (cosmetic keys dropped), its
     kind and the seed."""
@@ -186,7 +193,9 @@ def config_hash_of(config: Namespace, name: str) -> str:
         section["trainer"] = {
             k: v for k, v in section["trainer"].items() if k not in _COSMETIC_TRAINER_KEYS
         }
-    key = {"stage": name, "section": section, "seed": config.seed}
+    if isinstance(section, dict):
+        section.pop("seed", None)  # in the key below; unset, hashes are those of earlier runs
+    key = {"stage": name, "section": section, "seed": instance_seed(config, name)}
     if isinstance(section, dict) and isinstance(section.get("modalities"), dict):
         # the hash sorts keys, but the order of genrec's modalities is the order of the codes
         # inside every history item: another order is another model
@@ -230,7 +239,7 @@ def stage_status(
         config=config,
         run_dir=run_dir,
         data_root=Path(config.data_root),
-        seed=int(config.seed),
+        seed=instance_seed(config, name),
         inputs=inputs,
         kind=inst.kind.name,
         sources=dict(inst.inputs),

@@ -321,3 +321,20 @@ def test_bbq_feeds_a_bbqrec_genrec_through_the_graph(tmp_path, capsys):
     genrec = Manifest.read(run / "bbqrec")
     assert genrec.kind == "genrec" and "bbq" in genrec.inputs
     assert "bbqrec " in capsys.readouterr().out
+
+
+def test_an_instance_seed_reruns_that_instance_only(tmp_path):
+    """`--<instance>.seed` changes that instance's hash (it reruns with its own seed), nothing
+    upstream; unset, hashes are those of the run seed; a negative one is refused."""
+    run = tmp_path / "run"
+    base = ["fit", "--config", str(COMPARE), "--run_dir", str(run)]
+    base += ["--stages", "prepare,text_embed,rq_text,tiger"]
+    assert main(base) == 0
+    before = {n: Manifest.read(run / n).config_hash for n in ("rq_text", "tiger")}
+    assert main([*base, "--tiger.seed", "0"]) == 0  # the run's seed, said explicitly: same run
+    assert Manifest.read(run / "tiger").config_hash == before["tiger"]
+    assert main([*base, "--tiger.seed", "3"]) == 0
+    after = {n: Manifest.read(run / n).config_hash for n in ("rq_text", "tiger")}
+    assert after["rq_text"] == before["rq_text"]
+    assert after["tiger"] != before["tiger"]
+    assert main([*base, "--tiger.seed", "-1"]) == 2

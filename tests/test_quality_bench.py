@@ -114,3 +114,19 @@ def test_genrec_quality_averages_two_seeds(tmp_path):
     assert len(per_seed) == 2
     assert abs(np.mean(per_seed) - tiger["test"]["recall@10"]["mean"]) < 1e-6
     assert "recall@10" in tiger["vs_reference"]
+
+
+def test_genrec_quality_share_upstream_varies_only_the_generators(tmp_path):
+    """--share_upstream: the second seed links the first seed's quantizer (same codes) and
+    trains its genrec instances with their own seed."""
+    from mscg_lightning.artifacts import Manifest
+
+    _bench("genrec_quality").main_benchmark([
+        "--dataset", "tiny", "--seeds", "0", "1", "--variants", "tiger", "--share_upstream",
+        "--run_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "results"),
+    ])  # fmt: skip
+    first, second = tmp_path / "run-s0", tmp_path / "run-s1"
+    assert (second / "rq_text").is_symlink() and not (second / "tiger").is_symlink()
+    assert (second / "rq_text").resolve() == (first / "rq_text").resolve()
+    hashes = [Manifest.read(d / "tiger").config_hash for d in (first, second)]
+    assert hashes[0] != hashes[1]

@@ -1,6 +1,6 @@
 """The `prepare` stage: raw data -> the `prepared/` artifact (see ARCHITECTURE.md).
 
-Steps, the same for every layout (adapters only read; see adapters.py):
+Steps, the same for every layout (adapters only read; see adapters/):
 1. read the raw layout into `RawData` (ids mapped to catalogue rows, bad rows counted);
 2. optional filters: `min_rating`; placeholder images (`placeholder_images`, see
    placeholders.py) are dropped or marked missing; `drop_items_without_image`;

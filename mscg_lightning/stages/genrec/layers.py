@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from mscg_lightning.stages.genrec.model import GenRecConfig
+    from mscg_lightning.stages.genrec.model_config import GenRecConfig
 
 DROPOUT_MODES = ("t5", "fast")
 

@@ -44,6 +44,7 @@ from _common import append_row, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import average_seeds, compare, format_terminal, load_row  # noqa: E402
+from mscg_lightning.graph import merge_dicts  # noqa: E402
 from mscg_lightning.pipeline import artifact_dir  # noqa: E402
 
 #: ablation -> overrides of the bbq tokenizer's init_args (a generator on its own tokenizer)
@@ -95,14 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _merge(section: dict, overrides: dict) -> dict:
-    """``section`` with ``overrides`` merged in, nested dictionaries key by key."""
-    out = copy.deepcopy(section)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+    """A deep copy of ``section`` with ``overrides`` merged in (the graph's own merge)."""
+    return copy.deepcopy(merge_dicts(section, overrides))
 
 
 def derived_config(base: dict, overlays: list[dict], tokenizer_epochs: int) -> dict:

@@ -53,11 +53,12 @@ def split_source(source: str) -> tuple[str, str | None]:
     return name, part or None
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, nested dictionaries key by key (neither is changed)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -87,7 +88,7 @@ def load_raw(files: Iterable[str]) -> dict[str, Any]:
             raise MscgError(f"{path} is not valid YAML ({err}).".replace("\n", " ")) from err
         if not isinstance(data, dict):
             raise MscgError(f"{path} is not a mapping of settings and stage instances.")
-        raw = _merge(raw, data)
+        raw = merge_dicts(raw, data)
     return raw
 
 

@@ -40,6 +40,7 @@ from mscg_lightning.stages.genrec.macrec_tasks import (
     MacrecTasks,
     TaskBatch,
 )
+from mscg_lightning.stages.genrec.model_config import shared_t5_args
 from mscg_lightning.stages.genrec.module import GenRecModule
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
 from mscg_lightning.stages.genrec.tokens import EncoderInputs, TokenLayout
@@ -159,21 +160,7 @@ class MacrecModule(L.LightningModule):
             self.layout,
             extra_vocab=len(TASK_NAMES) * prompt_tokens,
             tokens_per_item=max(self.layout.max_positions, prompt_tokens),
-            d_model=d_model,
-            num_heads=num_heads,
-            d_kv=d_kv,
-            d_ff=d_ff,
-            encoder_layers=encoder_layers,
-            decoder_layers=decoder_layers,
-            dropout=dropout,
-            ffn=ffn,
-            position_bias=position_bias,
-            item_buckets=item_buckets,
-            item_max_distance=item_max_distance,
-            code_buckets=code_buckets,
-            code_max_distance=code_max_distance,
-            check_bucket_sum=check_bucket_sum,
-            activation_checkpointing=activation_checkpointing,
+            **shared_t5_args(self.hparams),
         )
         # validates the task names / weights / prompt count now, not at the first batch
         MacrecTasks(
@@ -191,8 +178,11 @@ class MacrecModule(L.LightningModule):
         self.predictions: list[tuple[Tensor, Tensor, Tensor]] = []
         self.test_targets: list[Tensor] = []
 
-    # reuse GenRecModule's AdamW + warm-up + cosine schedule (one home for the optimiser)
+    # reuse GenRecModule's AdamW + warm-up + cosine schedule and its validation-metric hooks
+    # (one home each)
     configure_optimizers = GenRecModule.configure_optimizers
+    on_validation_epoch_start = GenRecModule.on_validation_epoch_start
+    on_validation_epoch_end = GenRecModule.on_validation_epoch_end
 
     # ------------------------------------------------------------------------- catalogue
     def set_catalogue(self, codes: Tensor, present: Tensor) -> None:
@@ -367,14 +357,6 @@ class MacrecModule(L.LightningModule):
         if self.hparams.val_metric != "loss":
             items, _ = self.rank(history)
             self.val_metrics.update(items, target, batch["user_idx"])
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_metrics.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        if self.hparams.val_metric != "loss":
-            for name, value in self.val_metrics.compute().items():
-                self.log(f"val/{name}", value, prog_bar=name == "ndcg@10")
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics.reset()

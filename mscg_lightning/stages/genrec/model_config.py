@@ -7,8 +7,9 @@ similarity attention) and derives the dual-bias bucket counts from the token lay
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.genrec.layers import DROPOUT_MODES
@@ -17,6 +18,31 @@ if TYPE_CHECKING:
     from mscg_lightning.stages.genrec.tokens import TokenLayout
 
 ENCODER_ATTENTIONS = ("bidirectional", "item_causal")
+
+#: T5 sizes and switches that GenRecModule and MacrecModule both take as init arguments of the
+#: same name and hand to :class:`GenRecConfig` unchanged.
+SHARED_T5_ARGS = (
+    "d_model",
+    "num_heads",
+    "d_kv",
+    "d_ff",
+    "encoder_layers",
+    "decoder_layers",
+    "dropout",
+    "ffn",
+    "position_bias",
+    "item_buckets",
+    "item_max_distance",
+    "code_buckets",
+    "code_max_distance",
+    "check_bucket_sum",
+    "activation_checkpointing",
+)
+
+
+def shared_t5_args(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SHARED_T5_ARGS` of a module's hyperparameters, as GenRecConfig keywords."""
+    return {name: hparams[name] for name in SHARED_T5_ARGS}
 
 
 @dataclass

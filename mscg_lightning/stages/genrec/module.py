@@ -31,6 +31,7 @@ from mscg_lightning.stages.genrec.losses import (
     training_mode,
 )
 from mscg_lightning.stages.genrec.model import GenRecConfig, GenRecT5
+from mscg_lightning.stages.genrec.model_config import shared_t5_args
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex
 from mscg_lightning.stages.genrec.tokens import HistoryTokenizer, TokenLayout
 
@@ -147,24 +148,10 @@ class GenRecModule(L.LightningModule):
                 sim_attention=sim_attention,
                 sim_buckets=sim_buckets,
                 sim_init=sim_init,
-                d_model=d_model,
-                num_heads=num_heads,
-                d_kv=d_kv,
-                d_ff=d_ff,
-                encoder_layers=encoder_layers,
-                decoder_layers=decoder_layers,
-                dropout=dropout,
-                ffn=ffn,
-                position_bias=position_bias,
-                item_buckets=item_buckets,
-                item_max_distance=item_max_distance,
-                code_buckets=code_buckets,
-                code_max_distance=code_max_distance,
-                check_bucket_sum=check_bucket_sum,
                 tie_output=tie_output,
-                activation_checkpointing=activation_checkpointing,
                 dropout_mode=dropout_mode,
                 encoder_attention=encoder_attention,
+                **shared_t5_args(self.hparams),
             )
         )
         self.ks = tuple(ks)

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 from mscg_lightning.data import tables
 from mscg_lightning.data.adapters import (
     RawData,
-    apply_mask,
     blank_to_null,
+    build_raw_data,
     catalogue_from_keys,
     check_unique,
     drop_missing,
@@ -305,19 +305,17 @@ def read_interactions(cfg: PrepareConfig, folder: Path) -> RawData:
             if empty:
                 t.item_dropped["empty_image_file"] = empty
         items = pa.table(columns)
-    user, user_ids = encode_ids(table.column(cols.user))
-    user, item, time, rating = apply_mask([user, item, time, rating], keep)
-    return RawData(
-        user=user,
-        item=item,
+    return build_raw_data(
+        table.column(cols.user),
+        item,
+        keep,
         time=time,
-        user_ids=user_ids,
+        rating=rating,
         items=items,
         text_columns=text_columns,
         rows_read=rows_read,
         rows_dropped=t.dropped,
         item_rows_dropped=t.item_dropped,
-        rating=rating,
         source_files=[p for p in (t.inter_path, t.item_path) if p is not None],
         dataset=cfg.dataset or folder.name,
         content_required=False,

@@ -13,12 +13,11 @@ from mscg_lightning.data.adapters.common import (
     RawData,
     _interaction_table_to_raw,
     _map_int_ids,
-    apply_mask,
     blank_to_null,
+    build_raw_data,
     catalogue_from_keys,
     check_unique,
     drop_missing,
-    encode_ids,
     join_list,
     map_keys,
     require_columns,
@@ -131,13 +130,10 @@ def read_amazon2014(cfg: PrepareConfig, folder: Path) -> RawData:
             return int(key) if key.isdigit() and int(key) < n_items else None
 
         columns[f"codes_{name}"] = parse_code_file(path, n_items, cfg.on_unknown_items, row_of)
-    user, user_ids = encode_ids(user_col)
-    user, item = apply_mask([user, item], keep)
-    return RawData(
-        user=user,
-        item=item,
-        time=None,
-        user_ids=user_ids,
+    return build_raw_data(
+        user_col,
+        item,
+        keep,
         items=pa.table(columns),
         text_columns=text_columns,
         rows_read=rows_read,
@@ -224,13 +220,10 @@ def read_amazon2018(cfg: PrepareConfig, folder: Path) -> RawData:
 
         columns[f"codes_{name}"] = parse_code_file(path, len(asins), cfg.on_unknown_items, row_of)
         sources.append(path)
-    user, user_ids = encode_ids(user_col)
-    user, item = apply_mask([user, item], keep)
-    return RawData(
-        user=user,
-        item=item,
-        time=None,
-        user_ids=user_ids,
+    return build_raw_data(
+        user_col,
+        item,
+        keep,
         items=pa.table(columns),
         text_columns=text_columns,
         rows_read=rows_read,

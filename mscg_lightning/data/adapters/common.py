@@ -2,15 +2,15 @@
 
 Raw ids become positions (`encode_ids`, `map_keys`, the unknown-item policy of
 `resolve_unknown`), string columns are cleaned (`blank_to_null`, `join_list`, `drop_missing`) and
-the timestamped layouts share one tail (`_interaction_table_to_raw`). Reading the files is
-`files.py`'s job.
+every layout assembles its result with `build_raw_data` (the timestamped layouts through their
+shared tail, `_interaction_table_to_raw`). Reading the files is `files.py`'s job.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -274,6 +274,23 @@ def apply_mask(arrays: list[np.ndarray | None], keep: np.ndarray | None) -> list
     return [a if (a is None or keep is None) else a[keep] for a in arrays]
 
 
+def build_raw_data(
+    user_col: pa.Array | pa.ChunkedArray,
+    item: np.ndarray,
+    keep: np.ndarray | None,
+    *,
+    time: np.ndarray | None = None,
+    rating: np.ndarray | None = None,
+    **fields: Any,
+) -> RawData:
+    """`RawData` of N interaction rows: raw user ids `user_col` [N] encoded (`encode_ids`),
+    catalogue rows `item` [N]; `keep` [N] (None: all) drops rows of unknown items from users,
+    items, `time` and `rating`. `fields`: RawData's other fields (`items`, `rows_read`, ...)."""
+    user, user_ids = encode_ids(user_col)
+    user, item, time, rating = apply_mask([user, item, time, rating], keep)
+    return RawData(user=user, item=item, time=time, user_ids=user_ids, rating=rating, **fields)
+
+
 def catalogue_from_keys(keys: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Natural-order a key column; returns the sorted keys and the permutation applied."""
     order = natural_order(keys)
@@ -311,7 +328,6 @@ def _interaction_table_to_raw(
         on_unknown=cfg.on_unknown_items,
         dropped=dropped,
     )
-    user, user_ids = encode_ids(table.column("user_id"))
     ts = table.column("timestamp")
     if pa.types.is_timestamp(ts.type) or pa.types.is_date(ts.type):
         ts = pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64())
@@ -319,18 +335,17 @@ def _interaction_table_to_raw(
     rating = None
     if "rating" in table.column_names:
         rating = pc.cast(table.column("rating"), pa.float64()).to_numpy()
-    user, item, time, rating = apply_mask([user, item, time, rating], keep)
-    return RawData(
-        user=user,
-        item=item,
+    return build_raw_data(
+        table.column("user_id"),
+        item,
+        keep,
         time=time,
-        user_ids=user_ids,
+        rating=rating,
         items=items,
         text_columns=text_columns,
         rows_read=rows_read,
         rows_dropped=dropped,
         item_rows_dropped=item_dropped,
-        rating=rating,
         source_files=sources,
         dataset=dataset,
     )

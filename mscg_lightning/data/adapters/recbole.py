@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from mscg_lightning.data.adapters.common import (
     RawData,
-    apply_mask,
     blank_to_null,
+    build_raw_data,
     catalogue_from_keys,
     check_unique,
     drop_missing,
@@ -129,21 +129,19 @@ def read_recbole(cfg: PrepareConfig, folder: Path) -> RawData:
         items = pa.table({"item_id": vocab})
         text_columns = []
         sources = [inter_path]
-    user, user_ids = encode_ids(table.column("user_id"))
     time = table.column("timestamp").to_numpy() if "timestamp" in table.column_names else None
     rating = table.column("rating").to_numpy() if "rating" in table.column_names else None
-    user, item, time, rating = apply_mask([user, item, time, rating], keep)
-    return RawData(
-        user=user,
-        item=item,
+    return build_raw_data(
+        table.column("user_id"),
+        item,
+        keep,
         time=time,
-        user_ids=user_ids,
+        rating=rating,
         items=items,
         text_columns=text_columns,
         rows_read=rows_read,
         rows_dropped=dropped,
         item_rows_dropped=item_dropped,
-        rating=rating,
         source_files=sources,
         dataset=dataset,
     )

@@ -12,11 +12,10 @@ import pyarrow.compute as pc
 from mscg_lightning.data.adapters.common import (
     RawData,
     _map_int_ids,
-    apply_mask,
     blank_to_null,
+    build_raw_data,
     check_unique,
     drop_missing,
-    encode_ids,
     fixed_size_embeddings,
 )
 from mscg_lightning.data.adapters.files import _read_id_map, find_stem, need_file, read_delimited
@@ -151,13 +150,10 @@ def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:
             )
         columns[f"emb_{name}"] = fixed_size_embeddings(values.reshape(n_items, -1))
         sources.append(path)
-    user, user_ids = encode_ids(user_col)
-    user, item = apply_mask([user, item], keep)
-    return RawData(
-        user=user,
-        item=item,
-        time=None,
-        user_ids=user_ids,
+    return build_raw_data(
+        user_col,
+        item,
+        keep,
         items=pa.table(columns),
         text_columns=text_columns,
         rows_read=rows_read,

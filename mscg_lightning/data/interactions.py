@@ -40,9 +40,9 @@ from mscg_lightning.data.adapters import (
     check_unique,
     drop_missing,
     encode_ids,
+    image_column,
     join_list,
     map_keys,
-    scan_images,
 )
 from mscg_lightning.errors import MscgError
 
@@ -228,9 +228,7 @@ def _items_table(
     if image:
         columns["image_path"] = _image_column(info.column(image), folder, t.item_dropped)
     elif cfg.image_dir:
-        columns["image_path"], empty = scan_images(folder / cfg.image_dir, keys)
-        if empty:
-            t.item_dropped["empty_image_file"] = empty
+        columns["image_path"] = image_column(folder / cfg.image_dir, keys, t.item_dropped)
     return pa.table(columns), text_columns
 
 
@@ -301,9 +299,7 @@ def read_interactions(cfg: PrepareConfig, folder: Path) -> RawData:
         keep = None
         columns: dict[str, pa.Array] = {"item_id": keys}
         if cfg.image_dir:
-            columns["image_path"], empty = scan_images(folder / cfg.image_dir, keys)
-            if empty:
-                t.item_dropped["empty_image_file"] = empty
+            columns["image_path"] = image_column(folder / cfg.image_dir, keys, t.item_dropped)
         items = pa.table(columns)
     return build_raw_data(
         table.column(cols.user),

@@ -26,12 +26,12 @@ from mscg_lightning.data.adapters.files import (
     _header_names,
     _read_id_map,
     find_stem,
+    image_column,
     load_json,
     need_file,
     parse_code_file,
     read_delimited,
     read_jsonl,
-    scan_images,
 )
 from mscg_lightning.errors import MscgError
 
@@ -329,9 +329,7 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
     for name in text_columns:
         columns[name] = join_list(meta.column(name), ", " if name == "categories" else " ")
     image_dir = folder / (cfg.image_dir or "images")
-    columns["image_path"], empty = scan_images(image_dir, keys)
-    if empty:
-        item_dropped["empty_image_file"] = empty
+    columns["image_path"] = image_column(image_dir, keys, item_dropped)
     return _interaction_table_to_raw(
         table,
         pa.table(columns),
@@ -342,6 +340,5 @@ def read_amazon2023(cfg: PrepareConfig, folder: Path) -> RawData:
         rows_read=rows_read,
         dropped=dropped,
         item_dropped=item_dropped,
-        sources=[inter_path, item_path],
         dataset=dataset,
     )

@@ -314,10 +314,10 @@ def _interaction_table_to_raw(
     rows_read: int,
     dropped: dict[str, int],
     item_dropped: dict[str, int],
-    sources: list[Path],
     dataset: str,
 ) -> RawData:
-    """Shared tail of the timestamped layouts: map ids, convert time and rating."""
+    """Shared tail of the timestamped layouts: map ids, convert time and rating (sources: the
+    interactions and items files)."""
     keys = items.column("item_id")
     item, keep = map_keys(
         table.column("item_id"),
@@ -346,6 +346,6 @@ def _interaction_table_to_raw(
         rows_read=rows_read,
         rows_dropped=dropped,
         item_rows_dropped=item_dropped,
-        source_files=sources,
+        source_files=[inter_path, item_path],
         dataset=dataset,
     )

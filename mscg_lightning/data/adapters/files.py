@@ -234,6 +234,15 @@ def scan_images(folder: Path, item_ids: pa.Array) -> tuple[pa.Array, int]:
     return pc.take(files, pos), empty
 
 
+def image_column(folder: Path, item_ids: pa.Array, item_dropped: dict[str, int]) -> pa.Array:
+    """:func:`scan_images`, its count of empty image files kept as
+    ``item_dropped["empty_image_file"]``."""
+    paths, empty = scan_images(folder, item_ids)
+    if empty:
+        item_dropped["empty_image_file"] = empty
+    return paths
+
+
 def parse_code_file(
     path: Path, n_items: int, on_unknown: str, key_of: Callable[[str], int | None]
 ) -> pa.Array:

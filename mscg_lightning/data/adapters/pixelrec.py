@@ -17,7 +17,7 @@ from mscg_lightning.data.adapters.common import (
     drop_missing,
     require_columns,
 )
-from mscg_lightning.data.adapters.files import find_stem, read_delimited, scan_images
+from mscg_lightning.data.adapters.files import find_stem, image_column, read_delimited
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
@@ -89,9 +89,7 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
     columns: dict[str, pa.Array] = {"item_id": keys}
     for name in text_columns:
         columns[name] = blank_to_null(info.column(name).cast(pa.string()))
-    columns["image_path"], empty = scan_images(folder / (cfg.image_dir or "cover"), keys)
-    if empty:
-        item_dropped["empty_image_file"] = empty
+    columns["image_path"] = image_column(folder / (cfg.image_dir or "cover"), keys, item_dropped)
     return _interaction_table_to_raw(
         table,
         pa.table(columns),
@@ -102,6 +100,5 @@ def read_pixelrec(cfg: PrepareConfig, folder: Path) -> RawData:
         rows_read=rows_read,
         dropped=dropped,
         item_dropped=item_dropped,
-        sources=[inter_path, item_path],
         dataset=dataset,
     )

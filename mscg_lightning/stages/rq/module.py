@@ -20,14 +20,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
 from mscg_lightning.stages.rq.quantizer import RQVAE, ResidualQuantizer
+from mscg_lightning.stages.rq.weights_file import read_weights, write_weights
 
 Kind = Literal["rq", "rqvae", "kmeans"]
 Normalize = Literal["none", "l2", "standardize"]
@@ -274,24 +273,13 @@ class RQModule(LightningModule):
 
     def save_codebooks(self, path: str | Path) -> None:
         """Write the tokenizer (codebooks, weights, normalisation) and its hparams to safetensors."""
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        hparams = json.dumps(dict(self.hparams))
-        save_file(state, str(path), metadata={_META_KEY: hparams})
+        write_weights(self, path, {_META_KEY: json.dumps(dict(self.hparams))})
 
     @classmethod
     def from_codebooks(cls, path: str | Path) -> RQModule:
         """Rebuild a module written by :meth:`save_codebooks`; it encodes exactly as before."""
         path = Path(path)
-        if not path.is_file():
-            raise MscgError(f"Codebook file {path} does not exist.")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(path))
-        except Exception as err:  # safetensors raises several types for a corrupt file
-            raise MscgError(
-                f"Codebook file {path} is not a readable safetensors file ({err})."
-            ) from err
+        meta, state = read_weights(path, "Codebook file")
         if _META_KEY not in meta:
             raise MscgError(f"Codebook file {path} was not written by RQModule.save_codebooks.")
         module = cls(**json.loads(meta[_META_KEY]))

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mscg_lightning.artifacts import is_distributed
 from mscg_lightning.errors import MscgError
+from mscg_lightning.stages.rq.weights_file import read_weights, write_weights
 
 _META_KEY = "mscg_quantizer"
 
@@ -414,22 +414,12 @@ class RQVAE(nn.Module):
 
 
 def _save(module: nn.Module, config: dict[str, Any], path: str | Path) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={_META_KEY: json.dumps(config)})
+    write_weights(module, path, {_META_KEY: json.dumps(config)})
 
 
 def _load(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     path = Path(path)
-    if not path.is_file():
-        raise MscgError(f"Quantizer file {path} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises several types for a corrupt file
-        raise MscgError(
-            f"Quantizer file {path} is not a readable safetensors file ({err})."
-        ) from err
+    meta, state = read_weights(path, "Quantizer file")
     if _META_KEY not in meta:
         raise MscgError(f"Quantizer file {path} has no '{_META_KEY}' metadata.")
     config = json.loads(meta[_META_KEY])

@@ -272,29 +272,47 @@ class CodesTable:
         return self.codes.shape[1] - 1
 
 
+def _write_item_rows(
+    path: Path, column: str, item_idx: np.ndarray, rows: np.ndarray, dtype: type[np.generic]
+) -> None:
+    """Write a parquet table of ``item_idx`` int32 and ``column``: row i of ``rows`` [N, D] as a
+    fixed-size list of ``dtype``."""
+    rows = np.ascontiguousarray(rows, dtype=dtype)
+    flat = pa.array(rows.reshape(-1), type=pa.from_numpy_dtype(dtype))
+    values = pa.FixedSizeListArray.from_arrays(flat, rows.shape[1])
+    table = pa.table({"item_idx": pa.array(item_idx, type=pa.int32()), column: values})
+    pq.write_table(table, path)
+
+
+def _read_item_rows(
+    path: Path, column: str, kind: str, dtype: type[np.generic], num_items: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``item_idx`` [N] int64 and the fixed-size list ``column`` (``kind``, for the message of a
+    missing column) as [N, D] ``dtype`` rows, read from ``path``; the ids are checked."""
+    table = read_table(path)
+    _require_columns(table, path, {"item_idx": "int32 item ids", column: kind})
+    item_idx = table.column("item_idx").to_numpy().astype(np.int64)
+    values = table.column(column).combine_chunks()
+    if not pa.types.is_fixed_size_list(values.type):
+        raise MscgError(f"{path} column '{column}' is {values.type}, not a fixed-size list.")
+    rows = values.flatten().to_numpy(zero_copy_only=False).astype(dtype)
+    rows = rows.reshape(len(item_idx), values.type.list_size)
+    _check_ids(item_idx, path, num_items)
+    return item_idx, rows
+
+
 def write_embeddings(directory: str | Path, item_idx: np.ndarray, embeddings: np.ndarray) -> None:
     """Write ``embeddings.parquet`` (``item_idx`` int32, ``embedding`` fixed-size float32 list)."""
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    flat = pa.array(embeddings.reshape(-1), type=pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
-    table = pa.table({"item_idx": pa.array(item_idx, type=pa.int32()), "embedding": column})
-    pq.write_table(table, Path(directory) / "embeddings.parquet")
+    _write_item_rows(
+        Path(directory) / "embeddings.parquet", "embedding", item_idx, embeddings, np.float32
+    )
 
 
 def read_embeddings(directory: str | Path, num_items: int | None = None) -> EmbeddingTable:
     """Read and validate an embeddings artifact: ids in range and unique, values finite."""
     path = Path(directory) / "embeddings.parquet"
     manifest = Manifest.read(directory)
-    table = read_table(path)
-    _require_columns(table, path, {"item_idx": "int32 item ids", "embedding": "float32 list"})
-    item_idx = table.column("item_idx").to_numpy().astype(np.int64)
-    column = table.column("embedding").combine_chunks()
-    if not pa.types.is_fixed_size_list(column.type):
-        raise MscgError(f"{path} column 'embedding' is {column.type}, not a fixed-size list.")
-    dim = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    embeddings = values.reshape(len(item_idx), dim)
-    _check_ids(item_idx, path, num_items)
+    item_idx, embeddings = _read_item_rows(path, "embedding", "float32 list", np.float32, num_items)
     bad = ~np.isfinite(embeddings).all(axis=1)
     if bad.any():
         raise MscgError(
@@ -306,26 +324,14 @@ def read_embeddings(directory: str | Path, num_items: int | None = None) -> Embe
 
 def write_codes(directory: str | Path, item_idx: np.ndarray, codes: np.ndarray) -> None:
     """Write ``codes.parquet`` (``item_idx`` int32, ``codes`` fixed-size int32 list of L+1)."""
-    codes = np.ascontiguousarray(codes, dtype=np.int32)
-    flat = pa.array(codes.reshape(-1), type=pa.int32())
-    column = pa.FixedSizeListArray.from_arrays(flat, codes.shape[1])
-    table = pa.table({"item_idx": pa.array(item_idx, type=pa.int32()), "codes": column})
-    pq.write_table(table, Path(directory) / "codes.parquet")
+    _write_item_rows(Path(directory) / "codes.parquet", "codes", item_idx, codes, np.int32)
 
 
 def read_codes(directory: str | Path, num_items: int | None = None) -> CodesTable:
     """Read and validate a codes artifact: ids in range and unique, codes in range, rows unique."""
     path = Path(directory) / "codes.parquet"
     manifest = Manifest.read(directory)
-    table = read_table(path)
-    _require_columns(table, path, {"item_idx": "int32 item ids", "codes": "int32 list"})
-    item_idx = table.column("item_idx").to_numpy().astype(np.int64)
-    column = table.column("codes").combine_chunks()
-    if not pa.types.is_fixed_size_list(column.type):
-        raise MscgError(f"{path} column 'codes' is {column.type}, not a fixed-size list.")
-    codes = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    codes = codes.reshape(len(item_idx), column.type.list_size)
-    _check_ids(item_idx, path, num_items)
+    item_idx, codes = _read_item_rows(path, "codes", "int32 list", np.int64, num_items)
     extra = manifest.extra
     for key in ("modality", "codebook_size", "collision_size"):
         if key not in extra:

@@ -11,7 +11,9 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,31 @@ def append_row(
     ]
     with table.open("a") as f:
         f.write("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n")
+
+
+def run_mscg_processes(
+    commands: dict[str, list[str]], jobs: int, logs: Path, tag: str
+) -> dict[str, int]:
+    """``python -m mscg_lightning <args>`` for each named command, ``jobs`` processes at once.
+
+    Each process writes ``logs/<name>.log``; returns every exit code by name (the caller says
+    what a failure means). Processes inherit the environment, so set ``OMP_NUM_THREADS`` to
+    share the cores (e.g. 1 thread each for 2 processes on 2 cores).
+    """
+    pending, running, codes = list(commands), {}, {}
+    logs.mkdir(parents=True, exist_ok=True)
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            name = pending.pop(0)
+            log_path = logs / f"{name}.log"
+            with log_path.open("w") as log:
+                cmd = [sys.executable, "-m", "mscg_lightning", *commands[name]]
+                running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            print(f"[{tag}] {name}: started (log {log_path})", flush=True)
+        time.sleep(1)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                codes[name] = proc.returncode
+                del running[name]
+                print(f"[{tag}] {name}: exited {proc.returncode}", flush=True)
+    return codes

@@ -16,7 +16,9 @@ the ablations as instances derived from ``bbq`` / ``bbqrec``:
 Every generative row has the same T5 (the overlays' ``genrec:`` section goes to every genrec
 instance) and the same epochs. Per seed one run directory ``<run_root>/<dataset>-s<seed>`` runs
 the whole chain with that seed (``mscg fit --seed``; finished stages are reused, so an
-interrupted benchmark resumes). Each user's metric is averaged over the seeds
+interrupted benchmark resumes). ``--seed_jobs 2`` trains the seed chains at once as separate
+processes (``OMP_NUM_THREADS=1`` each on a 2-core machine; logs in ``<run_root>/logs``), then
+reads them as the one-process run does. Each user's metric is averaged over the seeds
 (:func:`mscg_lightning.compare.average_seeds`); CIs and the paired differences vs ``bbqrec``
 are user bootstraps. Writes ``benchmarks/results/bbqrec_<dataset>.json``:
 ``variants.<name>.test.<metric>.{mean,ci_low,ci_high}``, ``per_seed``, ``vs_reference``,
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import append_row, write_result  # noqa: E402
+from _common import append_row, run_mscg_processes, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import average_seeds, compare, format_terminal, load_row  # noqa: E402
@@ -92,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data_root", default=None, help="default: the config's, from the repo root")
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result name (default bbqrec_<dataset>)")
+    p.add_argument(
+        "--seed_jobs",
+        type=int,
+        default=1,
+        help="seed chains trained at once as separate processes (logs in <run_root>/logs)",
+    )
     return p.parse_args(argv)
 
 
@@ -128,9 +136,9 @@ def rows_of(config_file: Path) -> tuple[list[str], Any]:
     return graph.model_rows(), graph
 
 
-def run_seed(args, config_file: Path, graph, rows: list[str], seed: int) -> Path:
-    """``mscg fit`` of the rows' closure in the seed's run directory (finished stages reused)."""
-    run_dir = Path(args.run_root) / f"{args.dataset}-s{seed}"
+def seed_command(args, config_file: Path, graph, rows: list[str], seed: int) -> list[str]:
+    """The ``mscg fit`` arguments of the rows' closure in the seed's run directory."""
+    run_dir = seed_dir(args, seed)
     cmd = ["fit", "--config", str(config_file), "--run_dir", str(run_dir), "--seed", str(seed)]
     cmd += ["--data_root", args.data_root, "--stages", ",".join(graph.closure(rows))]
     genrecs = [n for n in rows if graph.instances[n].kind.name == "genrec"]
@@ -139,9 +147,37 @@ def run_seed(args, config_file: Path, graph, rows: list[str], seed: int) -> Path
         cmd += [f"--{name}.trainer.enable_progress_bar", "false"]
     if args.sasrec_epochs and "sasrec" in graph.instances:
         cmd += ["--sasrec.trainer.max_epochs", str(args.sasrec_epochs)]
-    if main(cmd) != 0:
-        raise SystemExit(f"mscg fit failed for seed {seed} ({run_dir})")
-    return run_dir
+    return cmd
+
+
+def seed_dir(args, seed: int) -> Path:
+    return Path(args.run_root) / f"{args.dataset}-s{seed}"
+
+
+def train_seeds(args, config_file: Path, graph, rows: list[str]) -> dict[str, float]:
+    """Every seed's chain (finished stages reused): in this process one after the other, or
+    ``--seed_jobs`` separate processes at once. Returns wall seconds per seed (the whole
+    parallel span under ``parallel`` when run at once)."""
+    commands = {
+        f"s{seed}": seed_command(args, config_file, graph, rows, seed) for seed in args.seeds
+    }
+    if args.seed_jobs > 1 and len(commands) > 1:
+        t0 = time.time()
+        logs = Path(args.run_root) / "logs"
+        codes = run_mscg_processes(commands, args.seed_jobs, logs, "bbqrec_quality")
+        for name, code in codes.items():
+            if code != 0:
+                raise SystemExit(f"mscg fit failed for seed {name[1:]} (log {logs / name}.log)")
+        return {"parallel": round(time.time() - t0, 1)}
+    walls = {}
+    for name, cmd in commands.items():
+        t0 = time.time()
+        if main(cmd) != 0:
+            raise SystemExit(
+                f"mscg fit failed for seed {name[1:]} ({cmd[cmd.index('--run_dir') + 1]})"
+            )
+        walls[name] = round(time.time() - t0, 1)
+    return walls
 
 
 def relative_gains(variants: dict) -> dict:
@@ -171,14 +207,11 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     unknown = [r for r in rows if r not in all_rows]
     if unknown:
         raise SystemExit(f"--variants {unknown[0]} is not a row of {base_file}: {all_rows}")
-    start, walls = time.time(), {}
-    per_seed: dict[str, list] = {r: [] for r in rows}
-    for seed in args.seeds:
-        t0 = time.time()
-        run_dir = run_seed(args, config_file, graph, rows, seed)
-        walls[f"s{seed}"] = round(time.time() - t0, 1)
-        for row in rows:
-            per_seed[row].append(load_row(row, artifact_dir(run_dir, row)))
+    start = time.time()
+    walls = train_seeds(args, config_file, graph, rows)
+    per_seed = {
+        r: [load_row(r, artifact_dir(seed_dir(args, s), r)) for s in args.seeds] for r in rows
+    }
     averaged = [average_seeds(per_seed[r]) for r in rows]
     result = compare(averaged, REFERENCE if REFERENCE in rows else None)
     print(format_terminal(result))

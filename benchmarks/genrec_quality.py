@@ -27,7 +27,6 @@ ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import append_row, write_result  # noqa: E402
+from _common import append_row, run_mscg_processes, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import (  # noqa: E402
@@ -211,21 +210,14 @@ def _link_upstream(first: Path, seed_dir: Path, names: list[str]) -> None:
 
 def _run_parallel(base: list[str], instances: list[str], run_dir: Path, jobs: int) -> None:
     """``mscg <instance>`` for each instance, ``jobs`` processes at once (same run directory)."""
-    pending, running = list(instances), {}
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            log = (logs / f"{name}.log").open("w")
-            cmd = [sys.executable, "-m", "mscg_lightning", name, *base]
-            running[name] = subprocess.Popen(cmd, stdout=log, stderr=log)
-            print(f"[genrec_quality] {name}: started (log {log.name})", flush=True)
-        time.sleep(2)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                del running[name]
-                print(f"[genrec_quality] {name}: exited {proc.returncode}", flush=True)
+    codes = run_mscg_processes(
+        {name: [name, *base] for name in instances}, jobs, run_dir / "logs", "genrec_quality"
+    )
+    failed = [name for name, code in codes.items() if code != 0]
+    if failed:
+        raise SystemExit(
+            f"mscg {failed[0]} failed (exit {codes[failed[0]]}); log: {run_dir / 'logs' / failed[0]}.log"
+        )
 
 
 if __name__ == "__main__":

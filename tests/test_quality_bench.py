@@ -130,3 +130,30 @@ def test_genrec_quality_share_upstream_varies_only_the_generators(tmp_path):
     assert (second / "rq_text").resolve() == (first / "rq_text").resolve()
     hashes = [Manifest.read(d / "tiger").config_hash for d in (first, second)]
     assert hashes[0] != hashes[1]
+
+
+def test_bbqrec_seed_jobs_trains_seeds_in_processes_and_reads_them_back(tmp_path):
+    """--seed_jobs 2: both seed chains train in their own processes; a one-process run on the
+    same run root afterwards trains nothing and reports the same numbers."""
+    from mscg_lightning.artifacts import Manifest
+
+    bench = _bench()
+    args = [
+        "--dataset", "tiny", "--config", str(_tiny_compare(tmp_path)), "--seeds", "0", "1",
+        "--variants", "bbqrec,tiger", "--max_epochs", "1", "--tokenizer_epochs", "1",
+        "--run_root", str(tmp_path / "runs"), "--data_root", str(REPO / "tests" / "fixtures"),
+    ]  # fmt: skip
+    parallel = bench.main_benchmark(
+        [*args, "--seed_jobs", "2", "--results_dir", str(tmp_path / "a")]
+    )
+    assert set(parallel["wall_per_seed"]) == {"parallel"}
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / "logs" / f"s{seed}.log").is_file()
+    runs = [tmp_path / "runs" / f"tiny-s{seed}" for seed in (0, 1)]
+    made = [Manifest.read(run / "bbqrec").created_at for run in runs]
+    sequential = bench.main_benchmark([*args, "--results_dir", str(tmp_path / "b")])
+    assert [Manifest.read(run / "bbqrec").created_at for run in runs] == made
+    for name in ("bbqrec", "tiger"):
+        assert sequential["variants"][name]["per_seed"] == parallel["variants"][name]["per_seed"]
+    # each process ran its own seed
+    assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]

@@ -157,3 +157,15 @@ def test_bbqrec_seed_jobs_trains_seeds_in_processes_and_reads_them_back(tmp_path
         assert sequential["variants"][name]["per_seed"] == parallel["variants"][name]["per_seed"]
     # each process ran its own seed
     assert [yaml.safe_load((run / "config.yaml").read_text())["seed"] for run in runs] == [0, 1]
+
+
+def test_genrec_quality_jobs_trains_instances_in_processes(tmp_path):
+    """--jobs 2: the upstream stages run once, then each genrec instance in its own process."""
+    payload = _bench("genrec_quality").main_benchmark([
+        "--dataset", "tiny", "--variants", "mscgrec,tiger", "--jobs", "2",
+        "--run_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "results"),
+    ])  # fmt: skip
+    for name in ("mscgrec", "tiger"):
+        assert (tmp_path / "run" / name / "test_ranks.parquet").is_file()
+        assert (tmp_path / "run" / "logs" / f"{name}.log").is_file()
+    assert set(payload["variants"]) == {"mscgrec", "tiger"}

@@ -126,3 +126,15 @@ def run_mscg_processes(
                 del running[name]
                 print(f"[{tag}] {name}: exited {proc.returncode}", flush=True)
     return codes
+
+
+def artifacts_made_at(run_dir: Path, names: list[str]) -> dict[str, str]:
+    """When each finished artifact of ``run_dir`` was made (its manifest's ``created_at``), so
+    a result assembled from runs of several sessions says which run trained what."""
+    from mscg_lightning.artifacts import Manifest
+    from mscg_lightning.pipeline import artifact_dir
+
+    dirs = {name: artifact_dir(run_dir, name) for name in names}
+    return {
+        n: Manifest.read(d).created_at for n, d in dirs.items() if (d / "manifest.json").is_file()
+    }

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import append_row, run_mscg_processes, write_result  # noqa: E402
+from _common import append_row, artifacts_made_at, run_mscg_processes, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import average_seeds, compare, format_terminal, load_row  # noqa: E402
@@ -233,6 +233,9 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         "overlays": overlays,
         "wall_seconds": round(time.time() - start, 1),
         "wall_per_seed": walls,
+        "artifacts_made_at": {
+            f"s{s}": artifacts_made_at(seed_dir(args, s), graph.closure(rows)) for s in args.seeds
+        },
         "published_bbqrec_paper": PUBLISHED,
         "protocol": "full ranking over the catalogue, leave-one-out, one hit per user; each "
         "user's metric averaged over the seeds, 95% bootstrap CIs over users",

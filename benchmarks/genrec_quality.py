@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import append_row, run_mscg_processes, write_result  # noqa: E402
+from _common import append_row, artifacts_made_at, run_mscg_processes, write_result  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import (  # noqa: E402
@@ -181,6 +181,9 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         },
         "published": PUBLISHED.get(args.dataset, {}),
         "wall_seconds": time.perf_counter() - start,
+        "artifacts_made_at": {
+            d: artifacts_made_at(Path(d), graph.closure(selected)) for d in run_dirs
+        },
         "protocol": "full ranking over the catalogue, leave-one-out, one hit per user, "
         "history items not masked",
     }

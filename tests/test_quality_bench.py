@@ -153,6 +153,8 @@ def test_bbqrec_seed_jobs_trains_seeds_in_processes_and_reads_them_back(tmp_path
     made = [Manifest.read(run / "bbqrec").created_at for run in runs]
     sequential = bench.main_benchmark([*args, "--results_dir", str(tmp_path / "b")])
     assert [Manifest.read(run / "bbqrec").created_at for run in runs] == made
+    assert sequential["artifacts_made_at"] == parallel["artifacts_made_at"]
+    assert set(parallel["artifacts_made_at"]["s1"]) >= {"prepare", "bbq", "bbqrec", "tiger"}
     for name in ("bbqrec", "tiger"):
         assert sequential["variants"][name]["per_seed"] == parallel["variants"][name]["per_seed"]
     # each process ran its own seed

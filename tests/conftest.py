@@ -1,7 +1,8 @@
-"""Shared test setup: offline hub, a single thread per test process, paths to shared data, and
-the tiny run directory that genrec tests start from."""
+"""Shared test setup: offline hub, a single thread per test process, paths to shared data,
+the tiny run directory that genrec tests start from, and a tiny bbq tokenizer config."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,35 @@ def upstream(tmp_path_factory) -> Path:
     args += ["--data_root", str(REPO / "tests" / "fixtures"), "--stages", GENREC_UPSTREAM]
     assert main(args) == 0
     return run
+
+
+def tiny_bbq_config(**init_args: object) -> dict:
+    """Model and data sections of a tiny bbq tokenizer (2 levels of 4 codes) for the tiny fixture;
+    ``init_args`` add to or override the model's. A new dict on every call."""
+    return {
+        "model": {
+            "class_path": "mscg_lightning.stages.bbq.module.BBQModule",
+            "init_args": {
+                "latent_dim": 8,
+                "hidden_dims": [16],
+                "levels": 2,
+                "codebook_size": 4,
+                "seq_layers": 1,
+                "seq_inner": 16,
+                "kmeans_iters": 2,
+                "club_hidden": 8,
+                **init_args,
+            },
+        },
+        "data": {
+            "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
+            "init_args": {"batch_size": 16, "max_history": 20},
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_bbq() -> Callable[..., dict]:
+    """``tiny_bbq(**init_args)``: :func:`tiny_bbq_config`, for test modules (importlib mode
+    cannot import conftest)."""
+    return tiny_bbq_config

@@ -269,35 +269,17 @@ def test_a_kind_with_parts_feeds_genrec_through_the_graph(tmp_path, capsys):
     assert "mscgrec " in capsys.readouterr().out
 
 
-BBQ = {
-    "kind": "bbq",
-    "inputs": {"text": "text_embed"},  # image is an optional slot: left unset here
-    "model": {
-        "class_path": "mscg_lightning.stages.bbq.module.BBQModule",
-        "init_args": {
-            "latent_dim": 8,
-            "hidden_dims": [16],
-            "levels": 2,
-            "codebook_size": 4,
-            "seq_layers": 1,
-            "seq_inner": 16,
-            "kmeans_iters": 2,
-            "club_hidden": 8,
-        },
-    },
-    "data": {
-        "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
-        "init_args": {"batch_size": 16, "max_history": 20},
-    },
-}
-
-
-def test_bbq_feeds_a_bbqrec_genrec_through_the_graph(tmp_path, capsys):
+def test_bbq_feeds_a_bbqrec_genrec_through_the_graph(tmp_path, capsys, tiny_bbq):
     """The registered bbq kind writes triple codes (+ parts); a genrec instance reads them with
     similarity attention, and the comparison table has the BBQRec row."""
 
     def edit(data):
-        data["bbq"] = {**BBQ, "trainer": data["rq_text"]["trainer"]}
+        data["bbq"] = {
+            "kind": "bbq",
+            "inputs": {"text": "text_embed"},  # image is an optional slot: left unset here
+            **tiny_bbq(),
+            "trainer": data["rq_text"]["trainer"],
+        }
         tiger = data["tiger"]
         args = {**tiger["model"]["init_args"], "sim_attention": True}
         data["bbqrec"] = {

@@ -1,6 +1,7 @@
 """Stage bbq end to end on the tiny fixture: triple codes, vectors, parts, diagnostics."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,55 +29,41 @@ def tiny_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-def _context(run_dir: Path, out: Path, inputs: dict, **model_args) -> StageContext:
-    section = stage_parser().parse_object(
-        {
-            "model": {
-                "class_path": "mscg_lightning.stages.bbq.module.BBQModule",
-                "init_args": {
-                    "latent_dim": 8,
-                    "hidden_dims": [16],
-                    "levels": 2,
-                    "codebook_size": 4,
-                    "seq_layers": 1,
-                    "seq_inner": 16,
-                    "kmeans_iters": 2,
-                    "club_hidden": 8,
-                    "lr": 1e-2,
-                    **model_args,
-                },
-            },
-            "data": {
-                "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
-                "init_args": {"batch_size": 16, "max_history": 20},
-            },
-            "trainer": {
-                "accelerator": "cpu",
-                "devices": 1,
-                "max_epochs": 2,
-                "enable_progress_bar": False,
-                "enable_model_summary": False,
-                "logger": False,
-            },
+@pytest.fixture
+def bbq_context(tiny_bbq) -> Callable[..., StageContext]:
+    """``bbq_context(run_dir, out, inputs, **model_args)``: a context of stage bbq on ``run_dir``'s
+    prepared data that writes into ``out`` (the tiny bbq config, lr 1e-2, 2 CPU epochs)."""
+
+    def make(run_dir: Path, out: Path, inputs: dict, **model_args) -> StageContext:
+        trainer = {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
         }
-    )
-    out.mkdir(parents=True)
-    return StageContext(
-        name="bbq",
-        section=section,
-        config=Namespace(),
-        run_dir=out.parent,
-        data_root=run_dir,
-        seed=0,
-        inputs={"prepare": run_dir / "prepared", **inputs},
-        config_hash="h",
-        out_dir=out,
-    )
+        bbq = tiny_bbq(lr=1e-2, **model_args)
+        section = stage_parser().parse_object({**bbq, "trainer": trainer})
+        out.mkdir(parents=True)
+        return StageContext(
+            name="bbq",
+            section=section,
+            config=Namespace(),
+            run_dir=out.parent,
+            data_root=run_dir,
+            seed=0,
+            inputs={"prepare": run_dir / "prepared", **inputs},
+            config_hash="h",
+            out_dir=out,
+        )
+
+    return make
 
 
-def test_stage_writes_triples_vectors_and_parts(tiny_run, tmp_path):
+def test_stage_writes_triples_vectors_and_parts(tiny_run, tmp_path, bbq_context):
     inputs = {"text": tiny_run / "text_embed", "image": tiny_run / "image_embed"}
-    ctx = _context(tiny_run, tmp_path / "bbq", inputs)
+    ctx = bbq_context(tiny_run, tmp_path / "bbq", inputs)
     manifest = run(ctx)
     num_items = int(read_manifest(tiny_run / "prepared").extra["num_items"])
     codes = read_codes(ctx.out_dir, num_items=num_items)
@@ -106,8 +93,8 @@ def test_stage_writes_triples_vectors_and_parts(tiny_run, tmp_path):
     assert torch.equal(again, factors)
 
 
-def test_text_only_and_source_specs(tiny_run, tmp_path):
-    ctx = _context(tiny_run, tmp_path / "bbq", {"text_embed": tiny_run / "text_embed"})
+def test_text_only_and_source_specs(tiny_run, tmp_path, bbq_context):
+    ctx = bbq_context(tiny_run, tmp_path / "bbq", {"text_embed": tiny_run / "text_embed"})
     ctx.section.inputs = Namespace(text="text_embed")
     ctx.run_dir = tiny_run  # a spec resolves against the run's artifacts (graph: resolve_source)
     manifest = run(ctx)
@@ -116,32 +103,34 @@ def test_text_only_and_source_specs(tiny_run, tmp_path):
     assert (ctx.out_dir / "text").is_dir() and not (ctx.out_dir / "image").exists()
 
 
-def test_ablation_switches_run(tiny_run, tmp_path):
+def test_ablation_switches_run(tiny_run, tmp_path, bbq_context):
     inputs = {"text": tiny_run / "text_embed"}
-    ctx = _context(tiny_run, tmp_path / "bbq", inputs, shared_codebook=False, beta=0.0, gamma=0.0)
+    ctx = bbq_context(
+        tiny_run, tmp_path / "bbq", inputs, shared_codebook=False, beta=0.0, gamma=0.0
+    )
     manifest = run(ctx)
     assert manifest.extra["levels"] == 2
     diag = json.loads((ctx.out_dir / "diagnostics.json").read_text())
     assert diag["shared_codebook"] is False
 
 
-def test_no_content_input_is_a_user_error(tiny_run, tmp_path):
-    ctx = _context(tiny_run, tmp_path / "bbq", {})
+def test_no_content_input_is_a_user_error(tiny_run, tmp_path, bbq_context):
+    ctx = bbq_context(tiny_run, tmp_path / "bbq", {})
     with pytest.raises(MscgError, match="no content input"):
         run(ctx)
     assert not any((tmp_path / "bbq").iterdir())
 
 
-def test_too_large_triple_vocabulary_is_a_user_error(tiny_run, tmp_path):
+def test_too_large_triple_vocabulary_is_a_user_error(tiny_run, tmp_path, bbq_context):
     inputs = {"text": tiny_run / "text_embed", "image": tiny_run / "image_embed"}
-    ctx = _context(tiny_run, tmp_path / "bbq", inputs, codebook_size=2048)
+    ctx = bbq_context(tiny_run, tmp_path / "bbq", inputs, codebook_size=2048)
     with pytest.raises(MscgError, match="int32"):
         run(ctx)
     assert not any((tmp_path / "bbq").iterdir())
 
 
-def test_given_embeddings_column_by_graph_spec(tiny_run, tmp_path):
-    ctx = _context(tiny_run, tmp_path / "bbq", {})
+def test_given_embeddings_column_by_graph_spec(tiny_run, tmp_path, bbq_context):
+    ctx = bbq_context(tiny_run, tmp_path / "bbq", {})
     ctx.sources = {"text": "prepare:emb_text"}  # the stage graph's slot spec of a given column
     ctx.run_dir = tiny_run  # specs resolve against the run's artifacts (graph: resolve_source)
     manifest = run(ctx)

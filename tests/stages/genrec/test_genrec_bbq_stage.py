@@ -29,7 +29,7 @@ TRAINER = {
 
 
 @pytest.fixture(scope="module")
-def bbq_run(tmp_path_factory) -> Path:
+def bbq_run(tmp_path_factory, tiny_bbq) -> Path:
     """prepare + text/image embeddings of the fixture, then a tiny bbq tokenizer at <run>/bbq."""
     from mscg_lightning.cli import main
 
@@ -37,26 +37,7 @@ def bbq_run(tmp_path_factory) -> Path:
     args = ["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--run_dir", str(run_dir)]
     args += ["--data_root", str(REPO / "tests" / "fixtures")]
     assert main([*args, "--stages", "prepare,text_embed,image_embed"]) == 0
-    bbq = {
-        "model": {
-            "class_path": "mscg_lightning.stages.bbq.module.BBQModule",
-            "init_args": {
-                "latent_dim": 8,
-                "hidden_dims": [16],
-                "levels": 2,
-                "codebook_size": 4,
-                "seq_layers": 1,
-                "seq_inner": 16,
-                "kmeans_iters": 2,
-                "club_hidden": 8,
-            },
-        },
-        "data": {
-            "class_path": "mscg_lightning.data.datamodule.SequenceDataModule",
-            "init_args": {"batch_size": 16, "max_history": 20},
-        },
-        "trainer": TRAINER,
-    }
+    bbq = {**tiny_bbq(), "trainer": TRAINER}
     inputs = {"text": run_dir / "text_embed", "image": run_dir / "image_embed"}
     (run_dir / "bbq").mkdir()
     assert run_bbq(_context(run_dir, "bbq", stage_parser().parse_object(bbq), inputs))

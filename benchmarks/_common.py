@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine facts, the command line, result files.
+"""Helpers shared by the benchmark scripts: machine facts, the command line, result files, and
+synthetic code catalogues.
 
 Every benchmark writes ``benchmarks/results/<name>.json`` (with ``machine`` and ``command``) and
 appends one row to the markdown table in ``benchmarks/results/README.md``.
@@ -15,7 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE = RESULTS / "README.md"
@@ -40,6 +44,24 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
     }
+
+
+def timing_machine_info(device: torch.device) -> dict[str, Any]:
+    """Platform, CPU count, torch version, device, threads and load (timings depend on them)."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def machine_summary(machine: dict[str, Any]) -> str:
@@ -138,3 +160,27 @@ def artifacts_made_at(run_dir: Path, names: list[str]) -> dict[str, str]:
     return {
         n: Manifest.read(d).created_at for n, d in dirs.items() if (d / "manifest.json").is_file()
     }
+
+
+def skewed_codes(gen: torch.Generator, n: int, skew: float, codebook: int) -> torch.Tensor:
+    """n codes in [0, codebook) with Zipf-like popularity (skew 0 = uniform), random code order."""
+    import torch
+
+    p = 1.0 / (torch.arange(codebook, dtype=torch.float) + 5.0) ** skew
+    return torch.randperm(codebook, generator=gen)[torch.multinomial(p, n, True, generator=gen)]
+
+
+def with_collision_level(sem: torch.Tensor, codebook: int) -> torch.Tensor:
+    """Append the rank of each item among items sharing its semantic codes: [N, L] -> [N, L+1]."""
+    import torch
+
+    key = torch.zeros(len(sem), dtype=torch.long)
+    for level in range(sem.shape[1]):
+        key = key * codebook + sem[:, level]
+    sorted_key, order = torch.sort(key, stable=True)
+    start = torch.ones_like(sorted_key, dtype=torch.bool)
+    start[1:] = sorted_key[1:] != sorted_key[:-1]
+    group_start = torch.cummax(torch.where(start, torch.arange(len(key)), 0), 0).values
+    rank = torch.empty_like(key)
+    rank[order] = torch.arange(len(key)) - group_start
+    return torch.cat([sem, rank[:, None]], 1)

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import skewed_codes, timing_machine_info, with_collision_level  # noqa: E402
 
 from mscg_lightning.stages.genrec.beam_search import beam_search  # noqa: E402
 from mscg_lightning.stages.genrec.losses import generative_loss  # noqa: E402
@@ -72,49 +73,12 @@ LEVELS, CODEBOOK, BEAMS, TOP_K, LR = 3, 256, 20, 10, 2e-3
 Tensor = torch.Tensor
 
 
-def machine_info(device: torch.device) -> dict:
-    """Platform, CPU count, torch version, device, threads and load (timings depend on them)."""
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def skewed_codes(gen: torch.Generator, n: int, skew: float) -> torch.Tensor:
-    """n codes in [0, 256) with Zipf-like popularity (skew 0 = uniform), random code order."""
-    p = 1.0 / (torch.arange(CODEBOOK, dtype=torch.float) + 5.0) ** skew
-    return torch.randperm(CODEBOOK, generator=gen)[torch.multinomial(p, n, True, generator=gen)]
-
-
-def with_collision_level(sem: torch.Tensor) -> torch.Tensor:
-    """Append the rank of each item among items sharing its semantic codes: [N, L] -> [N, L+1]."""
-    key = torch.zeros(len(sem), dtype=torch.long)
-    for level in range(sem.shape[1]):
-        key = key * CODEBOOK + sem[:, level]
-    sorted_key, order = torch.sort(key, stable=True)
-    start = torch.ones_like(sorted_key, dtype=torch.bool)
-    start[1:] = sorted_key[1:] != sorted_key[:-1]
-    group_start = torch.cummax(torch.where(start, torch.arange(len(key)), 0), 0).values
-    rank = torch.empty_like(key)
-    rank[order] = torch.arange(len(key)) - group_start
-    return torch.cat([sem, rank[:, None]], 1)
-
-
 def make_catalogue(n: int, gen: torch.Generator) -> tuple[TokenLayout, HistoryTokenizer, Tensor]:
-    collab = with_collision_level(
-        torch.stack(
-            [skewed_codes(gen, n, 1.0), skewed_codes(gen, n, 1.2), skewed_codes(gen, n, 0.5)], 1
-        )
-    )
-    text = with_collision_level(torch.randint(0, CODEBOOK, (n, LEVELS), generator=gen))
+    skews = (1.0, 1.2, 0.5)
+    collab = torch.stack([skewed_codes(gen, n, skew, CODEBOOK) for skew in skews], 1)
+    collab = with_collision_level(collab, CODEBOOK)
+    text = torch.randint(0, CODEBOOK, (n, LEVELS), generator=gen)
+    text = with_collision_level(text, CODEBOOK)
     sizes = [
         [CODEBOOK] * LEVELS + [int(text[:, -1].max()) + 1],
         [CODEBOOK] * LEVELS + [int(collab[:, -1].max()) + 1],
@@ -334,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
             "renormalize_logits=True (and default) ",
         },
         "training": training,
-        "machine": machine_info(device),
+        "machine": timing_machine_info(device),
         "transformers": __import__("transformers").__version__,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import skewed_codes, timing_machine_info, with_collision_level  # noqa: E402
 
 from mscg_lightning.stages.genrec.prefix_index import PrefixIndex  # noqa: E402
 
@@ -37,42 +38,11 @@ QUICK_SIZES = [10_000, 100_000]
 CODEBOOK, LEVELS, QUERIES = 256, 3, 256 * 20
 
 
-def machine_info(device: torch.device) -> dict:
-    """Platform, CPU count, torch version, device, threads and load."""
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def skewed_codes(gen: torch.Generator, n: int, skew: float) -> torch.Tensor:
-    """n codes in [0, 256) with Zipf-like popularity (skew 0 = uniform), random code order."""
-    p = 1.0 / (torch.arange(CODEBOOK, dtype=torch.float) + 5.0) ** skew
-    return torch.randperm(CODEBOOK, generator=gen)[torch.multinomial(p, n, True, generator=gen)]
-
-
 def catalogue(n: int, seed: int = 0) -> torch.Tensor:
     """[n, 4] unique code tuples: 3 skewed semantic levels + collision level (rank in prefix)."""
     gen = torch.Generator().manual_seed(seed)
-    sem = torch.stack(
-        [skewed_codes(gen, n, 1.0), skewed_codes(gen, n, 1.0), skewed_codes(gen, n, 0.5)], 1
-    )
-    key = (sem[:, 0] * CODEBOOK + sem[:, 1]) * CODEBOOK + sem[:, 2]
-    sorted_key, order = torch.sort(key, stable=True)
-    start = torch.ones_like(sorted_key, dtype=torch.bool)
-    start[1:] = sorted_key[1:] != sorted_key[:-1]
-    group_start = torch.cummax(torch.where(start, torch.arange(n), 0), 0).values
-    rank = torch.empty_like(key)
-    rank[order] = torch.arange(n) - group_start
-    return torch.cat([sem, rank[:, None]], 1)
+    sem = torch.stack([skewed_codes(gen, n, skew, CODEBOOK) for skew in (1.0, 1.0, 0.5)], 1)
+    return with_collision_level(sem, CODEBOOK)
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -136,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "prefix_index_scale",
         "queries_per_step": QUERIES,
         "rows": rows,
-        "machine": machine_info(device),
+        "machine": timing_machine_info(device),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

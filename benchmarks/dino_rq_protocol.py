@@ -96,7 +96,6 @@ def run(bench, args: argparse.Namespace) -> dict:
     """The protocol; writes ``paper_protocol`` and ``variants`` into the result JSON."""
     import lightning as L
 
-    from mscg_lightning.stages.dino_rq.data import ImageDataModule
     from mscg_lightning.stages.dino_rq.module import RQDinoModule
 
     torch.set_num_threads(args.threads)
@@ -108,27 +107,11 @@ def run(bench, args: argparse.Namespace) -> dict:
     if args.quick:
         n_train, n_eval, pre_steps, ft_steps = 96, 64, 3, 3
         hidden, layers, heads, n_prototypes, head_hidden, batch = 32, 2, 2, 64, 64, 16
-    vit = {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "patch_size": patch,
-        "image_size": 32,
-        "mlp_ratio": 4,
-        "layerscale_value": args.layerscale,
-    }
+    vit = bench.vit_config(hidden, layers, heads, patch, args.layerscale)
     train_files, train_y, eval_files, eval_y = bench.load_split(
         args.data, n_train, n_eval, args.seed
     )
-    data = ImageDataModule(
-        image_paths=train_files,
-        batch_size=batch,
-        num_workers=args.workers,
-        global_size=32,
-        local_size=16,
-        n_local=4,
-    )
-    data.setup()
+    data = bench.training_images(train_files, batch, args.workers)
     steps_per_epoch = max(1, len(train_files) // batch)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     common = dict(

@@ -59,6 +59,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,6 +70,9 @@ for path in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(path))
 
 from _common import RESULTS, append_row, machine_info, write_result  # noqa: E402
+
+if TYPE_CHECKING:
+    from mscg_lightning.stages.dino_rq.data import ImageDataModule
 
 DATA = REPO.parent / "shared" / "data" / "cifar10-test"
 
@@ -149,6 +153,35 @@ def load_split(data: Path, n_train: int, n_eval: int, seed: int):
     labels = np.array([int(r["label"]) for r in rows])
     tr, ev = order[:n_train], order[n_train : n_train + n_eval]
     return files[tr].tolist(), labels[tr], files[ev].tolist(), labels[ev]
+
+
+def vit_config(hidden: int, layers: int, heads: int, patch: int, layerscale: float) -> dict:
+    """The small ViT of both protocols (this one and ``dino_rq_protocol.py``) on 32 x 32 images."""
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": patch,
+        "image_size": 32,
+        "mlp_ratio": 4,
+        "layerscale_value": layerscale,
+    }
+
+
+def training_images(files: list[str], batch_size: int, workers: int) -> ImageDataModule:
+    """The DINO training crops of both protocols, set up: 32 px global, 4 local of 16 px."""
+    from mscg_lightning.stages.dino_rq.data import ImageDataModule
+
+    data = ImageDataModule(
+        image_paths=files,
+        batch_size=batch_size,
+        num_workers=workers,
+        global_size=32,
+        local_size=16,
+        n_local=4,
+    )
+    data.setup()
+    return data
 
 
 def embed(
@@ -256,7 +289,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import lightning as L
 
-    from mscg_lightning.stages.dino_rq.data import ImageDataModule
     from mscg_lightning.stages.dino_rq.module import RQDinoModule
 
     torch.set_num_threads(args.threads)
@@ -268,15 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         n_train, n_eval, minutes = 1000, 500, min(args.minutes, 0.75)
         hidden, layers, heads, n_prototypes, head_hidden = 64, 2, 2, 256, 256
-    vit = {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "patch_size": patch,
-        "image_size": 32,
-        "mlp_ratio": 4,
-        "layerscale_value": args.layerscale,
-    }
+    vit = vit_config(hidden, layers, heads, patch, args.layerscale)
     train_files, train_y, eval_files, eval_y = load_split(args.data, n_train, n_eval, args.seed)
 
     model_kwargs = dict(
@@ -294,15 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         base_lr=args.base_lr,
         quantize_local_crops=not args.global_codes_only,
     )
-    data = ImageDataModule(
-        image_paths=train_files,
-        batch_size=args.batch,
-        num_workers=args.workers,
-        global_size=32,
-        local_size=16,
-        n_local=4,
-    )
-    data.setup()
+    data = training_images(train_files, args.batch, args.workers)
     steps_per_epoch = len(train_files) // args.batch
 
     # Calibrate: seconds per step of the full model on real batches (augmentation included).

@@ -500,26 +500,14 @@ CASES = [
 ]
 
 
-def assert_fails_cleanly(cfg, tmp_path: Path, needles: list[str]) -> str:
-    target = tmp_path / "run" / "prepared"
-    with pytest.raises(MscgError) as info:
-        with atomic_artifact(target) as out:
-            prepare(cfg, out, tmp_path, "h")
-    msg = str(info.value)
-    for needle in needles:
-        assert needle in msg, msg
-    assert "\n" not in msg
-    assert not target.exists()
-    assert list((tmp_path / "run").iterdir()) == []  # the temp dir went too
-    return msg
-
-
 @pytest.mark.parametrize(
     ("layout", "mutate", "overrides", "needles"),
     [c[:1] + c[2:] for c in CASES],
     ids=[f"{c[0]}-{c[1]}" for c in CASES],
 )
-def test_bad_input(layout, mutate, overrides, needles, tmp_path: Path) -> None:
+def test_bad_input(
+    layout, mutate, overrides, needles, tmp_path: Path, assert_fails_cleanly
+) -> None:
     folder = make_fixture(layout, tmp_path / "raw")
     mutate(folder)
     assert_fails_cleanly(fixture_config(layout, folder, **overrides), tmp_path, needles)
@@ -598,7 +586,7 @@ def test_failed_redo_keeps_the_previous_artifact(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["prepared"]
 
 
-def test_bad_config_values(tmp_path: Path) -> None:
+def test_bad_config_values(tmp_path: Path, assert_fails_cleanly) -> None:
     folder = make_fixture("recbole", tmp_path / "raw")
     for overrides, needles in (
         ({"max_history": 0}, ["prepare.max_history must be >= 1"]),

@@ -1,7 +1,11 @@
 """Shared test setup: offline hub, a single thread per test process, paths to shared data,
-the tiny run directory that genrec tests start from, and a tiny bbq tokenizer config."""
+the tiny run directory that genrec tests start from, a tiny bbq tokenizer config, and killing
+a run at its first genrec checkpoint (the resume tests)."""
 
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,3 +78,33 @@ def tiny_bbq() -> Callable[..., dict]:
     """``tiny_bbq(**init_args)``: :func:`tiny_bbq_config`, for test modules (importlib mode
     cannot import conftest)."""
     return tiny_bbq_config
+
+
+def kill_at_first_genrec_checkpoint(
+    proc: subprocess.Popen, run_dir: Path, log: Path, timeout_s: float, whole_group: bool = False
+) -> dict:
+    """SIGKILL ``proc`` (``mscg fit`` on ``run_dir``, writing to ``log``) as soon as genrec has
+    written last.ckpt; that checkpoint. ``whole_group``: kill the process group (all DDP ranks;
+    ``proc`` must lead its own session), not ``proc`` alone."""
+    deadline = time.monotonic() + timeout_s
+    found: list[Path] = []
+    while not found and proc.poll() is None and time.monotonic() < deadline:
+        # Lightning writes a checkpoint to a temporary file and moves it into place, so
+        # last.ckpt is complete as soon as it exists.
+        found = list((run_dir / "checkpoints").glob("genrec-*/last.ckpt"))
+        time.sleep(0.01)
+    if whole_group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert found, f"genrec wrote no checkpoint: {log.read_text()[-3000:]}"
+    assert not (run_dir / "genrec").exists(), "the run finished before it could be killed"
+    return torch.load(found[0], map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="session")
+def kill_at_checkpoint() -> Callable[..., dict]:
+    """:func:`kill_at_first_genrec_checkpoint`, for test modules (importlib mode cannot import
+    conftest)."""
+    return kill_at_first_genrec_checkpoint

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -69,28 +68,19 @@ def _finish(proc: subprocess.Popen, log: Path) -> str:
     return out
 
 
-def _kill_after_first_checkpoint(run_dir: Path, log: Path) -> dict:
-    """Start the DDP fit, SIGKILL both ranks once genrec has written last.ckpt; that checkpoint."""
-    proc = _start(run_dir, log)
-    deadline = time.monotonic() + 300
-    found: list[Path] = []
-    while not found and proc.poll() is None and time.monotonic() < deadline:
-        found = list((run_dir / "checkpoints").glob("genrec-*/last.ckpt"))
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # rank 0 and its child rank 1
-    proc.wait()
-    assert found, f"genrec wrote no checkpoint: {log.read_text()[-3000:]}"
-    assert not (run_dir / "genrec").exists(), "the run finished before it could be killed"
-    return torch.load(found[0], map_location="cpu", weights_only=False)
-
-
 @pytest.mark.slow
-def test_killed_ddp_genrec_resumes_and_ends_like_an_uninterrupted_ddp_run(upstream, tmp_path):
+def test_killed_ddp_genrec_resumes_and_ends_like_an_uninterrupted_ddp_run(
+    upstream, tmp_path, kill_at_checkpoint
+):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     shutil.copytree(upstream, killed)
     shutil.copytree(upstream, straight)
     uninterrupted = _start(straight, tmp_path / "straight.log")
-    ckpt = _kill_after_first_checkpoint(killed, tmp_path / "killed.log")
+    # both ranks at once: rank 0 and its child rank 1 share the process group
+    proc = _start(killed, tmp_path / "killed.log")
+    ckpt = kill_at_checkpoint(
+        proc, killed, tmp_path / "killed.log", timeout_s=300, whole_group=True
+    )
     assert ckpt["epoch"] < EPOCHS - 1  # epochs were left to train after the kill
     out_straight = _finish(uninterrupted, tmp_path / "straight.log")
     assert "resuming" not in out_straight

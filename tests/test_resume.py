@@ -4,13 +4,9 @@ and the training curves and test metrics are identical."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from mscg_lightning.report import read_scalars
 
@@ -51,23 +47,6 @@ def _finish(proc: subprocess.Popen, log: Path) -> str:
     return out
 
 
-def _kill_after_first_genrec_checkpoint(run_dir: Path, log: Path) -> dict:
-    """Start `mscg fit`, SIGKILL it as soon as genrec has written last.ckpt; that checkpoint."""
-    proc = _start(run_dir, log)
-    deadline = time.monotonic() + 240
-    found: list[Path] = []
-    while not found and proc.poll() is None and time.monotonic() < deadline:
-        # Lightning writes a checkpoint to a temporary file and moves it into place, so
-        # last.ckpt is complete as soon as it exists.
-        found = list((run_dir / "checkpoints").glob("genrec-*/last.ckpt"))
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert found, f"genrec wrote no checkpoint: {log.read_text()[-3000:]}"
-    assert not (run_dir / "genrec").exists(), "the run finished before it could be killed"
-    return torch.load(found[0], map_location="cpu", weights_only=False)
-
-
 def _stamp(run_dir: Path) -> dict[str, tuple[str, int]]:
     """Each finished artifact's manifest text and modification time (ns)."""
     out = {}
@@ -77,11 +56,12 @@ def _stamp(run_dir: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def test_killed_genrec_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
+def test_killed_genrec_resumes_and_ends_like_an_uninterrupted_run(tmp_path, kill_at_checkpoint):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # The uninterrupted run (same command, another directory) runs beside the one to be killed.
     uninterrupted = _start(straight, tmp_path / "straight.log")
-    ckpt = _kill_after_first_genrec_checkpoint(killed, tmp_path / "killed.log")
+    proc = _start(killed, tmp_path / "killed.log")
+    ckpt = kill_at_checkpoint(proc, killed, tmp_path / "killed.log", timeout_s=240)
     assert ckpt["epoch"] < EPOCHS - 1  # epochs were left to train after the kill
     before = _stamp(killed)
     out_straight = _finish(uninterrupted, tmp_path / "straight.log")

@@ -84,14 +84,20 @@ def kill_at_first_genrec_checkpoint(
     proc: subprocess.Popen, run_dir: Path, log: Path, timeout_s: float, whole_group: bool = False
 ) -> dict:
     """SIGKILL ``proc`` (``mscg fit`` on ``run_dir``, writing to ``log``) as soon as genrec has
-    written last.ckpt; that checkpoint. ``whole_group``: kill the process group (all DDP ranks;
-    ``proc`` must lead its own session), not ``proc`` alone."""
+    written last.ckpt and logged the first epoch; that checkpoint. ``whole_group``: kill the
+    process group (all DDP ranks; ``proc`` must lead its own session), not ``proc`` alone.
+
+    Lightning saves an epoch's checkpoint before it logs the epoch's training means, so a kill
+    in between loses that epoch's ``train/*_epoch`` points (training itself resumes exactly).
+    The first epoch's console line is printed once they are logged: waiting for it keeps the
+    test about resuming, not about that window (which a loaded machine widens)."""
     deadline = time.monotonic() + timeout_s
     found: list[Path] = []
     while not found and proc.poll() is None and time.monotonic() < deadline:
         # Lightning writes a checkpoint to a temporary file and moves it into place, so
         # last.ckpt is complete as soon as it exists.
-        found = list((run_dir / "checkpoints").glob("genrec-*/last.ckpt"))
+        if "[mscg] genrec epoch 1/" in log.read_text():
+            found = list((run_dir / "checkpoints").glob("genrec-*/last.ckpt"))
         time.sleep(0.01)
     if whole_group:
         os.killpg(proc.pid, signal.SIGKILL)

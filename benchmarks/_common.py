@@ -127,16 +127,16 @@ def run_mscg_processes(
 ) -> dict[str, int]:
     """``python -m mscg_lightning <args>`` for each named command, ``jobs`` processes at once.
 
-    Each process writes ``logs/<name>.log``; returns every exit code by name (the caller says
+    Each process writes ``logs/<name>.log`` (a name may hold ``/``); returns every exit code by name (the caller says
     what a failure means). Processes inherit the environment, so set ``OMP_NUM_THREADS`` to
     share the cores (e.g. 1 thread each for 2 processes on 2 cores).
     """
     pending, running, codes = list(commands), {}, {}
-    logs.mkdir(parents=True, exist_ok=True)
     while pending or running:
         while pending and len(running) < max(1, jobs):
             name = pending.pop(0)
             log_path = logs / f"{name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("w") as log:
                 cmd = [sys.executable, "-m", "mscg_lightning", *commands[name]]
                 running[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

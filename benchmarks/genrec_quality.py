@@ -18,7 +18,9 @@ directory ``<run_dir>-s<seed>``, ``mscg fit --seed``) and each user's metric is 
 seeds before the bootstrap (:func:`mscg_lightning.compare.average_seeds`); ``per_seed`` keeps
 each seed's means. ``--share_upstream`` varies only the genrec instances' seeds: every seed
 reads the first seed's prepare / SASRec / quantizer artifacts (symlinked), so every row and
-seed sees the same codes. An ``--overlay`` with a ``genrec:`` section (e.g.
+seed sees the same codes. With ``--seeds`` and ``--jobs``, the upstream stages of every seed
+run first, then all seeds' genrec instances share one pool of ``--jobs`` processes (logs in
+``<seed dir>/logs/<instance>.log``). An ``--overlay`` with a ``genrec:`` section (e.g.
 configs/model/genrec-small.yaml) applies to every genrec instance. Writes
 ``benchmarks/results/genrec_<dataset>.json``: ``variants.<name>.test.<metric>.{mean, ci_low,
 ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``.
@@ -140,7 +142,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     trained = [v for v in selected if v in genrecs]
     upstream = [n for n in graph.closure(selected) if n not in trained or args.jobs <= 1]
     per_seed: dict[str, list] = {v: [] for v in selected}
-    run_dirs = []
+    run_dirs: list[str] = []
+    generators: dict[tuple[Path, str], list[str]] = {}
     for seed in args.seeds or [None]:
         seed_dir = run_dir if seed is None else Path(f"{run_dir}-s{seed}")
         seed_args = [*base, "--run_dir", str(seed_dir)]
@@ -154,11 +157,14 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
             seed_args += ["--seed", str(seed)]
         if main(["fit", *seed_args, "--stages", ",".join(upstream)]) != 0:
             raise SystemExit(f"mscg fit failed ({seed_dir})")
-        if args.jobs > 1:
-            _run_parallel(seed_args, trained, seed_dir, args.jobs)
+        # with --jobs, every seed's genrec instances share one pool of processes
+        generators.update({(seed_dir, name): [name, *seed_args] for name in trained})
+        run_dirs.append(str(seed_dir))
+    if args.jobs > 1:
+        _run_parallel(generators, args.jobs)
+    for seed_dir in map(Path, run_dirs):
         for name in selected:
             per_seed[name].append(load_row(name, artifact_dir(seed_dir, name)))
-        run_dirs.append(str(seed_dir))
     reference = graph.reference if graph.reference in selected else None
     result = compare([average_seeds(per_seed[v]) for v in selected], reference)
     print(format_terminal(result))
@@ -211,15 +217,16 @@ def _link_upstream(first: Path, seed_dir: Path, names: list[str]) -> None:
             link.symlink_to(artifact_dir(first, name).resolve(), target_is_directory=True)
 
 
-def _run_parallel(base: list[str], instances: list[str], run_dir: Path, jobs: int) -> None:
-    """``mscg <instance>`` for each instance, ``jobs`` processes at once (same run directory)."""
-    codes = run_mscg_processes(
-        {name: [name, *base] for name in instances}, jobs, run_dir / "logs", "genrec_quality"
-    )
+def _run_parallel(commands: dict[tuple[Path, str], list[str]], jobs: int) -> None:
+    """``mscg <instance> ... --run_dir <seed dir>`` for each (seed dir, instance), ``jobs``
+    processes at once; logs in ``<seed dir>/logs/<instance>.log``."""
+    root = next(iter(commands))[0].parent
+    named = {f"{d.name}/logs/{name}": cmd for (d, name), cmd in commands.items()}
+    codes = run_mscg_processes(named, jobs, root, "genrec_quality")
     failed = [name for name, code in codes.items() if code != 0]
     if failed:
         raise SystemExit(
-            f"mscg {failed[0]} failed (exit {codes[failed[0]]}); log: {run_dir / 'logs' / failed[0]}.log"
+            f"mscg failed for {failed[0]} (exit {codes[failed[0]]}); log: {root / failed[0]}.log"
         )
 
 

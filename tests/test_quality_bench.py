@@ -171,3 +171,22 @@ def test_genrec_quality_jobs_trains_instances_in_processes(tmp_path):
         assert (tmp_path / "run" / name / "test_ranks.parquet").is_file()
         assert (tmp_path / "run" / "logs" / f"{name}.log").is_file()
     assert set(payload["variants"]) == {"mscgrec", "tiger"}
+
+
+def test_genrec_quality_jobs_pool_spans_the_seeds(tmp_path):
+    """--seeds 0 1 --share_upstream --jobs 2: both seeds' generators train in one process pool,
+    each with its own seed, over the first seed's upstream."""
+    from mscg_lightning.artifacts import Manifest
+
+    payload = _bench("genrec_quality").main_benchmark([
+        "--dataset", "tiny", "--seeds", "0", "1", "--variants", "tiger", "--share_upstream",
+        "--jobs", "2", "--run_dir", str(tmp_path / "run"),
+        "--results_dir", str(tmp_path / "results"),
+    ])  # fmt: skip
+    first, second = tmp_path / "run-s0", tmp_path / "run-s1"
+    for run in (first, second):
+        assert (run / "tiger" / "test_ranks.parquet").is_file()
+        assert (run / "logs" / "tiger.log").is_file()
+    assert (second / "rq_text").resolve() == (first / "rq_text").resolve()
+    assert Manifest.read(first / "tiger").config_hash != Manifest.read(second / "tiger").config_hash
+    assert len(payload["variants"]["tiger"]["per_seed"]) == 2

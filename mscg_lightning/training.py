@@ -46,6 +46,33 @@ class LightningStage:
     checkpoint: ModelCheckpoint
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows every validation, not only improvements.
+
+    Lightning 2.6 writes ``last.ckpt`` only when it also saved a top-k checkpoint, so with
+    ``save_top_k=1`` a run killed after epochs that did not beat the best resumed from the best
+    epoch and trained those epochs again (found on a 10-epoch tokenizer that peaked at epoch 3).
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._keep_last_current(trainer, at_train_epoch_end=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._keep_last_current(trainer, at_train_epoch_end=False)
+
+    def _keep_last_current(self, trainer: L.Trainer, at_train_epoch_end: bool) -> None:
+        """Write last.ckpt where Lightning just decided whether to save and saved nothing (a save
+        at this step makes ``_should_skip_saving_checkpoint`` true)."""
+        if (
+            self.save_last
+            and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end
+            and not self._should_skip_saving_checkpoint(trainer)
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class RngState(L.Callback):
     """Keeps the global RNG states (torch, CUDA, numpy, python) in checkpoints; restores them.
 
@@ -126,7 +153,7 @@ def build_stage(
     if not isinstance(callbacks, list):
         callbacks = [callbacks]
     ckpt_dir = ctx.checkpoint_dir
-    checkpoint = ModelCheckpoint(
+    checkpoint = BestAndLastCheckpoint(
         dirpath=ckpt_dir,
         filename="best",
         monitor=monitor,

@@ -127,9 +127,9 @@ def run_mscg_processes(
 ) -> dict[str, int]:
     """``python -m mscg_lightning <args>`` for each named command, ``jobs`` processes at once.
 
-    Each process writes ``logs/<name>.log`` (a name may hold ``/``); returns every exit code by name (the caller says
-    what a failure means). Processes inherit the environment, so set ``OMP_NUM_THREADS`` to
-    share the cores (e.g. 1 thread each for 2 processes on 2 cores).
+    Each process writes ``logs/<name>.log`` (a name may hold ``/``); returns every exit code by
+    name (the caller says what a failure means). Processes inherit the environment, so set
+    ``OMP_NUM_THREADS`` to share the cores (e.g. 1 thread each for 2 processes on 2 cores).
     """
     pending, running, codes = list(commands), {}, {}
     while pending or running:

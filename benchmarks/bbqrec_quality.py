@@ -158,25 +158,22 @@ def train_seeds(args, config_file: Path, graph, rows: list[str]) -> dict[str, fl
     """Every seed's chain (finished stages reused): in this process one after the other, or
     ``--seed_jobs`` separate processes at once. Returns wall seconds per seed (the whole
     parallel span under ``parallel`` when run at once)."""
-    commands = {
-        f"s{seed}": seed_command(args, config_file, graph, rows, seed) for seed in args.seeds
-    }
+    commands = {seed: seed_command(args, config_file, graph, rows, seed) for seed in args.seeds}
     if args.seed_jobs > 1 and len(commands) > 1:
         t0 = time.time()
         logs = Path(args.run_root) / "logs"
-        codes = run_mscg_processes(commands, args.seed_jobs, logs, "bbqrec_quality")
+        named = {f"s{seed}": cmd for seed, cmd in commands.items()}
+        codes = run_mscg_processes(named, args.seed_jobs, logs, "bbqrec_quality")
         for name, code in codes.items():
             if code != 0:
                 raise SystemExit(f"mscg fit failed for seed {name[1:]} (log {logs / name}.log)")
         return {"parallel": round(time.time() - t0, 1)}
     walls = {}
-    for name, cmd in commands.items():
+    for seed, cmd in commands.items():
         t0 = time.time()
         if main(cmd) != 0:
-            raise SystemExit(
-                f"mscg fit failed for seed {name[1:]} ({cmd[cmd.index('--run_dir') + 1]})"
-            )
-        walls[name] = round(time.time() - t0, 1)
+            raise SystemExit(f"mscg fit failed for seed {seed} ({seed_dir(args, seed)})")
+        walls[f"s{seed}"] = round(time.time() - t0, 1)
     return walls
 
 

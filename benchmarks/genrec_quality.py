@@ -160,7 +160,7 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         # with --jobs, every seed's genrec instances share one pool of processes
         generators.update({(seed_dir, name): [name, *seed_args] for name in trained})
         run_dirs.append(str(seed_dir))
-    if args.jobs > 1:
+    if args.jobs > 1 and generators:
         _run_parallel(generators, args.jobs)
     for seed_dir in map(Path, run_dirs):
         for name in selected:

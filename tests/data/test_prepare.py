@@ -18,13 +18,8 @@ from mscg_lightning.data.fixtures import (
     fixture_truth,
     make_fixture,
 )
-from mscg_lightning.data.prepare import (
-    PrepareConfig,
-    chronological_order,
-    kcore_mask,
-    leave_one_out,
-    prepare,
-)
+from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.split import chronological_order, kcore_mask, leave_one_out
 from mscg_lightning.errors import MscgError
 
 # Raw id -> ground-truth index, per layout (see fixtures.py for the spellings).

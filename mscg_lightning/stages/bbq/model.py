@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.bbq.club import CLUB
 from mscg_lightning.stages.bbq.quantizer import SharedResidualQuantizer
-from mscg_lightning.stages.rq.quantizer import _mlp
+from mscg_lightning.stages.rq.quantizer import mlp
 from mscg_lightning.stages.sasrec.model import SASRec
 
 
@@ -111,13 +111,11 @@ class BBQTokenizer(nn.Module):
         self.id_embedding = nn.Embedding(num_items, latent_dim)
         nn.init.uniform_(self.id_embedding.weight, 0.0, id_init_range)
         self.behaviour = nn.ModuleDict(
-            {m: _mlp([d, *hidden, latent_dim]) for m, d in content_dims.items()}
+            {m: mlp([d, *hidden, latent_dim]) for m, d in content_dims.items()}
         )
-        self.specific = nn.ModuleDict(
-            {m: _mlp([d, *hidden, spec]) for m, d in content_dims.items()}
-        )
+        self.specific = nn.ModuleDict({m: mlp([d, *hidden, spec]) for m, d in content_dims.items()})
         self.decoders = nn.ModuleDict(
-            {m: _mlp([latent_dim + spec, *reversed(hidden), d]) for m, d in content_dims.items()}
+            {m: mlp([latent_dim + spec, *reversed(hidden), d]) for m, d in content_dims.items()}
         )
         self.club = nn.ModuleDict({m: CLUB(latent_dim, spec, club_hidden) for m in content_dims})
         self.quantizer = SharedResidualQuantizer(

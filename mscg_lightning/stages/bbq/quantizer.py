@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mscg_lightning.errors import MscgError
-from mscg_lightning.stages.rq.quantizer import _random_rows, kmeans, nearest_code
+from mscg_lightning.stages.rq.kmeans import kmeans, nearest_code, random_rows
 
 
 @dataclass
@@ -112,7 +112,7 @@ class SharedResidualQuantizer(nn.Module):
             return
         dead = usage < self.dead_code_threshold
         if bool(dead.any()):
-            self.codebooks[table, level][dead] = _random_rows(residuals, int(dead.sum()))
+            self.codebooks[table, level][dead] = random_rows(residuals, int(dead.sum()))
             usage[dead] = float(counts.sum()) / self.codebook_size
 
     def forward(self, z: Tensor) -> SharedRQOutput:

@@ -47,7 +47,7 @@ from mscg_lightning.pipeline import StageContext
 from mscg_lightning.stages.bbq.module import BBQModule
 from mscg_lightning.stages.bbq.triples import collision_report, join_triples
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
-from mscg_lightning.stages.rq.quantizer import _load, _save
+from mscg_lightning.stages.rq.quantizer import load_with_config, save_with_config
 from mscg_lightning.training import build_stage
 
 ROLES = ("text", "image")
@@ -198,12 +198,12 @@ def run(ctx: StageContext) -> Manifest | None:
 def save_model(module: BBQModule, path: str | Path) -> None:
     """The tokenizer's weights with its constructor arguments (safetensors)."""
     config = {k: v for k, v in module.hparams.items() if k not in ("ks",)}
-    _save(module.model, {"kind": "bbq", **config}, path)
+    save_with_config(module.model, {"kind": "bbq", **config}, path)
 
 
 def load_model(path: str | Path) -> BBQModule:
     """Rebuild the module written by :func:`save_model` (features must be set again)."""
-    config, state = _load(path, "bbq")
+    config, state = load_with_config(path, "bbq")
     module = BBQModule(**config)
     module.model.load_state_dict(state)
     return module

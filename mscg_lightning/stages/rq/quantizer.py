@@ -24,101 +24,17 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from mscg_lightning.artifacts import is_distributed
 from mscg_lightning.errors import MscgError
+from mscg_lightning.stages.rq.kmeans import (
+    all_reduce_sum,
+    broadcast_from_rank0,
+    kmeans,
+    nearest_code,
+    random_rows,
+)
 from mscg_lightning.stages.rq.weights_file import read_weights, write_weights
 
 _META_KEY = "mscg_quantizer"
-
-
-def _all_reduce_sum(t: Tensor) -> Tensor:
-    if is_distributed():
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def _broadcast(t: Tensor) -> Tensor:
-    if is_distributed():
-        torch.distributed.broadcast(t, src=0)
-    return t
-
-
-def _random_rows(x: Tensor, n: int) -> Tensor:
-    """``n`` rows of ``x`` [N, D] drawn with the global CPU RNG (seeded by the caller).
-
-    Without replacement when possible; CPU RNG so that results do not depend on the device.
-    """
-    if x.shape[0] >= n:
-        idx = torch.randperm(x.shape[0])[:n]
-    else:
-        idx = torch.randint(x.shape[0], (n,))
-    return x[idx.to(x.device)]
-
-
-def nearest_code(x: Tensor, codebook: Tensor, chunk: int = 16384) -> Tensor:
-    """Index of the nearest codeword in squared Euclidean distance.
-
-    x [N, D], codebook [K, D] -> [N] int64. Rows are processed in chunks so that the
-    [chunk, K] distance matrix stays small for large tables.
-    """
-    c_sq = codebook.pow(2).sum(1)
-    out = [
-        # ||x||^2 is the same for every codeword of a row, so it is left out of the argmin.
-        (c_sq[None, :] - 2.0 * x[s : s + chunk] @ codebook.T).argmin(1)
-        for s in range(0, x.shape[0], chunk)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
-
-
-def kmeans_plus_plus(x: Tensor, k: int) -> Tensor:
-    """k-means++ seeds: each next seed is a row drawn with probability ~ squared distance to
-    the nearest seed so far. x [N, D] -> [K, D]. Random seeds often put two centroids in one
-    cluster and none in another, which Lloyd iterations do not repair.
-
-    Draws use the global CPU RNG. Once every distinct row is a seed (fewer than ``k``
-    distinct rows), the remaining seeds repeat random rows.
-    """
-    x_sq = x.pow(2).sum(1)
-
-    def sq_dist_to(i: int) -> Tensor:  # [N]; a matrix-vector product, cheaper than (x - c)^2
-        return (x_sq - 2.0 * (x @ x[i]) + x_sq[i]).clamp(min=0)
-
-    chosen = [int(torch.randint(x.shape[0], ()))]
-    d2 = sq_dist_to(chosen[0])
-    for _ in range(1, k):
-        cum = d2.double().cumsum(0)
-        if float(cum[-1]) > 0:
-            # inverse-CDF draw: rows at distance 0 (already seeds) have zero width
-            u = torch.rand((), dtype=torch.float64) * cum[-1].cpu()
-            idx = min(int(torch.searchsorted(cum, u.to(cum.device), right=True)), len(cum) - 1)
-        else:
-            idx = int(torch.randint(x.shape[0], ()))
-        chosen.append(idx)
-        d2 = torch.minimum(d2, sq_dist_to(idx))
-    return x[torch.tensor(chosen, device=x.device)]
-
-
-def kmeans(x: Tensor, k: int, iters: int) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means from k-means++ seeds; statistics summed over ranks under DDP.
-
-    x [N, D] float32 -> (centroids [K, D], share of points per centroid [K], summing to 1).
-    ``iters=0`` returns the seeds. Seeds come from rank 0's rows (broadcast). With fewer than
-    ``k`` distinct rows some seeds repeat; a repeat wins no point (ties go to the lowest
-    index) and is later restarted as a dead code. Clusters that empty during the iterations
-    are re-seeded with random rows.
-    """
-    centroids = _broadcast(kmeans_plus_plus(x, k).contiguous())
-    for _ in range(iters):
-        assign = nearest_code(x, centroids)
-        sums = _all_reduce_sum(torch.zeros_like(centroids).index_add_(0, assign, x))
-        counts = _all_reduce_sum(torch.bincount(assign, minlength=k).to(x.dtype))
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
-        if bool(empty.any()):
-            centroids[empty] = _random_rows(x, int(empty.sum()))
-            _broadcast(centroids)
-    counts = _all_reduce_sum(torch.bincount(nearest_code(x, centroids), minlength=k).to(x.dtype))
-    return centroids, counts / counts.sum().clamp(min=1)
 
 
 @dataclass
@@ -232,8 +148,8 @@ class ResidualQuantizer(nn.Module):
         residual [B, D] float32 (detached), codes [B] int64.
         """
         k = self.codebook_size
-        counts = _all_reduce_sum(torch.bincount(codes, minlength=k).float())
-        sums = _all_reduce_sum(
+        counts = all_reduce_sum(torch.bincount(codes, minlength=k).float())
+        sums = all_reduce_sum(
             torch.zeros_like(self.codebooks[level]).index_add_(0, codes, residual)
         )
         if first:
@@ -249,13 +165,13 @@ class ResidualQuantizer(nn.Module):
 
         dead = self.ema_count[level] < self.dead_code_threshold
         if bool(dead.any()):
-            fresh = _random_rows(residual, int(dead.sum()))
+            fresh = random_rows(residual, int(dead.sum()))
             self.codebooks[level][dead] = fresh
             # A restarted code gets the mean count: a neutral prior, not an instant re-death.
             self.ema_count[level][dead] = total / k
             self.ema_sum[level][dead] = fresh * (total / k)
             for buf in (self.codebooks[level], self.ema_count[level], self.ema_sum[level]):
-                _broadcast(buf)
+                broadcast_from_rank0(buf)
 
     def forward(self, x: Tensor) -> QuantizerOutput:
         """Quantize x [B, D]; in training mode also initialise (once) and update codebooks."""
@@ -309,18 +225,19 @@ class ResidualQuantizer(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write codebooks, EMA state and constructor arguments to one safetensors file."""
-        _save(self, {"kind": "rq", **self.config}, path)
+        save_with_config(self, {"kind": "rq", **self.config}, path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> ResidualQuantizer:
         """Rebuild a quantizer written by :meth:`save`; it encodes exactly as before saving."""
-        config, state = _load(path, "rq")
+        config, state = load_with_config(path, "rq")
         quantizer = cls(**config)
         quantizer.load_state_dict(state)
         return quantizer
 
 
-def _mlp(dims: list[int]) -> nn.Sequential:
+def mlp(dims: list[int]) -> nn.Sequential:
+    """Linear layers through ``dims`` with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
@@ -359,8 +276,8 @@ class RQVAE(nn.Module):
             **quantizer_kwargs,
         }
         self.dim = dim
-        self.encoder = _mlp([dim, *hidden_dims, latent_dim])
-        self.decoder = _mlp([latent_dim, *reversed(list(hidden_dims)), dim])
+        self.encoder = mlp([dim, *hidden_dims, latent_dim])
+        self.decoder = mlp([latent_dim, *reversed(list(hidden_dims)), dim])
         self.quantizer = ResidualQuantizer(latent_dim, **quantizer_kwargs)
         self.levels = self.quantizer.levels
         self.codebook_size = self.quantizer.codebook_size
@@ -402,22 +319,25 @@ class RQVAE(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write weights, codebooks and constructor arguments to one safetensors file."""
-        _save(self, {"kind": "rqvae", **self.config}, path)
+        save_with_config(self, {"kind": "rqvae", **self.config}, path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> RQVAE:
         """Rebuild a model written by :meth:`save`."""
-        config, state = _load(path, "rqvae")
+        config, state = load_with_config(path, "rqvae")
         model = cls(**config)
         model.load_state_dict(state)
         return model
 
 
-def _save(module: nn.Module, config: dict[str, Any], path: str | Path) -> None:
+def save_with_config(module: nn.Module, config: dict[str, Any], path: str | Path) -> None:
+    """``module``'s weights and ``config`` (with its ``kind``) in one safetensors file."""
     write_weights(module, path, {_META_KEY: json.dumps(config)})
 
 
-def _load(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def load_with_config(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config without ``kind``, state dict) of a file written by :func:`save_with_config`;
+    one sentence naming the file when it is missing, unreadable or of another kind."""
     path = Path(path)
     meta, state = read_weights(path, "Quantizer file")
     if _META_KEY not in meta:

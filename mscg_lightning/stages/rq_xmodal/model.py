@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mscg_lightning.errors import MscgError
-from mscg_lightning.stages.rq.quantizer import ResidualQuantizer, _mlp, kmeans, nearest_code
+from mscg_lightning.stages.rq.kmeans import kmeans, nearest_code
+from mscg_lightning.stages.rq.quantizer import ResidualQuantizer, mlp
 from mscg_lightning.stages.rq_xmodal.contrastive import (
     MissingPositive,
     Similarity,
@@ -191,9 +192,9 @@ class CrossModalRQVAE(nn.Module):
         self.residual_update, self.codebook_update = residual_update, codebook_update
         self.align_grad, self.squared_error = align_grad, squared_error
         hidden = list(hidden_dims)
-        self.encoders = nn.ModuleDict({m: _mlp([dims[m], *hidden, latent_dim]) for m in MODALITIES})
+        self.encoders = nn.ModuleDict({m: mlp([dims[m], *hidden, latent_dim]) for m in MODALITIES})
         self.decoders = nn.ModuleDict(
-            {m: _mlp([latent_dim, *reversed(hidden), dims[m]]) for m in MODALITIES}
+            {m: mlp([latent_dim, *reversed(hidden), dims[m]]) for m in MODALITIES}
         )
         self.quantizers = nn.ModuleDict()
         for m in MODALITIES:

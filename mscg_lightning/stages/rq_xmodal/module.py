@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.rq.collisions import append_collision_level, code_diagnostics
 from mscg_lightning.stages.rq.module import EmbeddingsDataModule, check_embeddings
-from mscg_lightning.stages.rq.quantizer import _load, _save
+from mscg_lightning.stages.rq.quantizer import load_with_config, save_with_config
 from mscg_lightning.stages.rq_xmodal.collisions import Collision, reassign_by_distance
 from mscg_lightning.stages.rq_xmodal.model import MODALITIES, CrossModalRQVAE
 
@@ -194,12 +194,12 @@ class CrossModalRQModule(LightningModule):
 
     def save_codebooks(self, path: str | Path) -> None:
         """Write weights and codebooks of both modalities with the model config (safetensors)."""
-        _save(self.model, {"kind": "rq_xmodal", **self.model.config}, path)
+        save_with_config(self.model, {"kind": "rq_xmodal", **self.model.config}, path)
 
     @staticmethod
     def load_model(path: str | Path) -> CrossModalRQVAE:
         """Rebuild the :class:`CrossModalRQVAE` written by :meth:`save_codebooks`."""
-        config, state = _load(path, "rq_xmodal")
+        config, state = load_with_config(path, "rq_xmodal")
         model = CrossModalRQVAE(**config)
         model.load_state_dict(state)
         return model

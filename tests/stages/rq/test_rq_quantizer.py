@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from mscg_lightning.errors import MscgError
-from mscg_lightning.stages.rq.quantizer import (
-    RQVAE,
-    ResidualQuantizer,
-    kmeans,
-    load_quantizer,
-    nearest_code,
-)
+from mscg_lightning.stages.rq.kmeans import kmeans, nearest_code
+from mscg_lightning.stages.rq.quantizer import RQVAE, ResidualQuantizer, load_quantizer
 
 
 def _hand_quantizer(**kw) -> ResidualQuantizer:

@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result name (default bbqrec_<dataset>)")
     p.add_argument(
+        "--note",
+        default=None,
+        help="provenance stored as `note` in the JSON (e.g. which session trained which seed)",
+    )
+    p.add_argument(
         "--seed_jobs",
         type=int,
         default=1,
@@ -237,6 +242,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         "protocol": "full ranking over the catalogue, leave-one-out, one hit per user; each "
         "user's metric averaged over the seeds, 95% bootstrap CIs over users",
     }
+    if args.note:
+        payload["note"] = args.note
     name = args.name or f"bbqrec_{args.dataset}"
     path = write_result(name, payload, Path(args.results_dir))
     head = variants.get(REFERENCE, next(iter(variants.values())))["test"]

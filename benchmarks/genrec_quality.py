@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--name", default=None, help="result file name (default genrec_<dataset>)")
+    p.add_argument(
+        "--note",
+        default=None,
+        help="provenance stored as `note` in the JSON (e.g. which session trained which seed)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="genrec instances trained at once")
     p.add_argument(
         "--share_upstream",
@@ -193,6 +198,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         "protocol": "full ranking over the catalogue, leave-one-out, one hit per user, "
         "history items not masked",
     }
+    if args.note:
+        payload["note"] = args.note
     name = args.name or f"genrec_{args.dataset}"
     path = write_result(name, payload, Path(args.results_dir))
     summary = ", ".join(

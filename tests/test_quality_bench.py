@@ -76,9 +76,10 @@ def test_bbqrec_benchmark_on_the_tiny_fixture(tmp_path):
         "--max_epochs", "1", "--tokenizer_epochs", "1",
         "--overlay", str(REPO / "configs" / "model" / "genrec-fast.yaml"),
         "--run_root", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
-        "--data_root", str(REPO / "tests" / "fixtures"),
+        "--data_root", str(REPO / "tests" / "fixtures"), "--note", "two seeds, one process",
     ])  # fmt: skip
     written = json.loads((tmp_path / "results" / "bbqrec_tiny.json").read_text())
+    assert written["note"] == "two seeds, one process"
     expected = {"bbqrec", "bbqrec_no_mim", "bbqrec_no_rec", "bbqrec_no_shared", "bbqrec_no_sim",
                 "bbqrec_inherit", "tiger", "mscgrec", "sasrec"}  # fmt: skip
     assert set(written["variants"]) == expected
@@ -106,8 +107,11 @@ def test_genrec_quality_averages_two_seeds(tmp_path):
     payload = _bench("genrec_quality").main_benchmark([
         "--dataset", "tiny", "--seeds", "0", "1", "--variants", "mscgrec,tiger",
         "--run_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "results"),
+        "--note", "seed 1 trained elsewhere",
     ])  # fmt: skip
     assert payload["run_dirs"] == [str(tmp_path / "run-s0"), str(tmp_path / "run-s1")]
+    written = json.loads((tmp_path / "results" / "genrec_tiny.json").read_text())
+    assert written["note"] == "seed 1 trained elsewhere"
     assert (tmp_path / "run-s1" / "tiger" / "test_ranks.parquet").is_file()
     tiger = payload["variants"]["tiger"]
     per_seed = [s["recall@10"] for s in tiger["per_seed"]]

@@ -52,7 +52,20 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     Lightning 2.6 writes ``last.ckpt`` only when it also saved a top-k checkpoint, so with
     ``save_top_k=1`` a run killed after epochs that did not beat the best resumed from the best
     epoch and trained those epochs again (found on a 10-epoch tokenizer that peaked at epoch 3).
+
+    The directory belongs to one instance and one config hash, so ``best.ckpt`` and ``last.ckpt``
+    are always overwritten (no ``last-v1.ckpt``: resuming reads ``last.ckpt``), and the state is
+    stored under a plain ``ModelCheckpoint``'s key, so checkpoints written before this class
+    existed restore the best score and paths too.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

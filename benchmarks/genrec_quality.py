@@ -23,7 +23,11 @@ run first, then all seeds' genrec instances share one pool of ``--jobs`` process
 ``<seed dir>/logs/<instance>.log``). An ``--overlay`` with a ``genrec:`` section (e.g.
 configs/model/genrec-small.yaml) applies to every genrec instance. Writes
 ``benchmarks/results/genrec_<dataset>.json``: ``variants.<name>.test.<metric>.{mean, ci_low,
-ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``.
+ci_high}`` (+ ``vs_reference``), ``machine``, ``command``, ``wall_seconds``. ``--archive DIR``
+keeps each trained row's test ranks in DIR (:mod:`_row_archive`), so a comparison whose seeds
+take more than one session (run directories do not outlive one) is assembled from rows trained
+in several: rows found there are restored, not retrained, once the rebuilt upstream tables are
+byte-identical to those the rows read.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import append_row, artifacts_made_at, run_mscg_processes, write_result  # noqa: E402
+from _row_archive import archive_rows, restore_rows  # noqa: E402
 
 from mscg_lightning.cli import main, parse_chain  # noqa: E402
 from mscg_lightning.compare import (  # noqa: E402
@@ -92,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="provenance stored as `note` in the JSON (e.g. which session trained which seed)",
     )
     p.add_argument("--jobs", type=int, default=1, help="genrec instances trained at once")
+    p.add_argument(
+        "--archive",
+        default=None,
+        help="folder (e.g. benchmarks/results/rows/<name>) keeping each trained row's test ranks: "
+        "rows found there are restored into a rebuilt run directory instead of retrained, once "
+        "the upstream tables they read are byte-identical; new rows are added",
+    )
     p.add_argument(
         "--share_upstream",
         action="store_true",
@@ -149,6 +161,7 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     per_seed: dict[str, list] = {v: [] for v in selected}
     run_dirs: list[str] = []
     generators: dict[tuple[Path, str], list[str]] = {}
+    restored: dict[str, list[str]] = {}
     for seed in args.seeds or [None]:
         seed_dir = run_dir if seed is None else Path(f"{run_dir}-s{seed}")
         seed_args = [*base, "--run_dir", str(seed_dir)]
@@ -160,7 +173,13 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
                 )
         elif seed is not None:
             seed_args += ["--seed", str(seed)]
-        if main(["fit", *seed_args, "--stages", ",".join(upstream)]) != 0:
+        before = [n for n in upstream if n not in trained]
+        if before and main(["fit", *seed_args, "--stages", ",".join(before)]) != 0:
+            raise SystemExit(f"mscg fit failed ({seed_dir})")
+        if args.archive:
+            restored[str(seed_dir)] = restore_rows(seed_dir, trained, graph, Path(args.archive))
+        now = [n for n in upstream if n in trained]
+        if now and main(["fit", *seed_args, "--stages", ",".join(now)]) != 0:
             raise SystemExit(f"mscg fit failed ({seed_dir})")
         # with --jobs, every seed's genrec instances share one pool of processes
         generators.update({(seed_dir, name): [name, *seed_args] for name in trained})
@@ -170,6 +189,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
     for seed_dir in map(Path, run_dirs):
         for name in selected:
             per_seed[name].append(load_row(name, artifact_dir(seed_dir, name)))
+        if args.archive:
+            archive_rows(seed_dir, trained, graph, Path(args.archive))
     reference = graph.reference if graph.reference in selected else None
     result = compare([average_seeds(per_seed[v]) for v in selected], reference)
     print(format_terminal(result))
@@ -198,6 +219,8 @@ def main_benchmark(argv: list[str] | None = None) -> dict:
         "protocol": "full ranking over the catalogue, leave-one-out, one hit per user, "
         "history items not masked",
     }
+    if args.archive:  # rows restored from the archive keep their manifests' created_at
+        payload["archive"] = {"path": args.archive, "restored": restored}
     if args.note:
         payload["note"] = args.note
     name = args.name or f"genrec_{args.dataset}"

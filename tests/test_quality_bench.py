@@ -194,3 +194,47 @@ def test_genrec_quality_jobs_pool_spans_the_seeds(tmp_path):
     assert (second / "rq_text").resolve() == (first / "rq_text").resolve()
     assert Manifest.read(first / "tiger").config_hash != Manifest.read(second / "tiger").config_hash
     assert len(payload["variants"]["tiger"]["per_seed"]) == 2
+
+
+def test_genrec_quality_archive_restores_rows_into_a_rebuilt_run_dir(tmp_path):
+    """--archive: a row trained in one run directory is restored, not retrained, into a rebuilt
+    one (a new session) and reports the same per-user results; a row whose upstream tables
+    changed is refused in one sentence, leaving the run directory without it."""
+    from mscg_lightning.artifacts import Manifest
+
+    bench = _bench("genrec_quality")
+    archive = tmp_path / "archive"
+    args = [
+        "--dataset", "tiny", "--seeds", "0", "--variants", "tiger", "--share_upstream",
+        "--run_dir", str(tmp_path / "run"), "--archive", str(archive),
+    ]  # fmt: skip
+    first = bench.main_benchmark([*args, "--results_dir", str(tmp_path / "a")])
+    run = tmp_path / "run-s0"
+    saved = archive / "run-s0" / "tiger"
+    assert sorted(p.name for p in saved.iterdir()) == [
+        "manifest.json", "metrics.json", "test_ranks.parquet", "upstream.json"
+    ]  # fmt: skip
+    assert set(json.loads((saved / "upstream.json").read_text())) == {"prepare", "rq_text"}
+    made = Manifest.read(run / "tiger").created_at
+
+    import shutil
+
+    shutil.rmtree(run)  # the next session: the run directory is gone, the archive is kept
+    again = bench.main_benchmark([*args, "--results_dir", str(tmp_path / "b")])
+    assert again["archive"]["restored"] == {str(run): ["tiger"]}
+    assert (run / "tiger" / "restored_from_archive.json").is_file()
+    assert not (run / "tiger" / "model.ckpt").exists()  # not retrained
+    assert Manifest.read(run / "tiger").created_at == made
+    assert again["variants"]["tiger"]["per_seed"] == first["variants"]["tiger"]["per_seed"]
+
+    shutil.rmtree(run / "tiger")
+    upstream = json.loads((saved / "upstream.json").read_text())
+    (saved / "upstream.json").write_text(json.dumps({**upstream, "rq_text": "0" * 16}))
+    try:
+        bench.main_benchmark([*args, "--results_dir", str(tmp_path / "c")])
+    except SystemExit as err:
+        message = str(err)
+    else:
+        raise AssertionError("a row trained on other codes was restored")
+    assert "row 'tiger'" in message and "'rq_text'" in message and str(saved) in message
+    assert not (run / "tiger").exists() and not (tmp_path / "c").exists()

@@ -51,17 +51,8 @@ def archive_rows(run_dir: Path, rows: list[str], graph: Graph, archive: Path) ->
         source = artifact_dir(run_dir, row)
         if (source / MARKER).is_file():
             continue
-        target = Path(archive) / Path(run_dir).name / row
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name in ROW_FILES:
-            if (source / name).is_file():
-                shutil.copy2(source / name, staging / name)
         digests = _inputs_digest(run_dir, graph, row)
-        (staging / UPSTREAM).write_text(json.dumps(digests, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        _copy_row(source, Path(archive) / Path(run_dir).name / row, UPSTREAM, digests)
         written.append(row)
     return written
 
@@ -89,13 +80,20 @@ def restore_rows(run_dir: Path, rows: list[str], graph: Graph, archive: Path) ->
             )
         pending.append((row, source, target))
     for row, source, target in pending:
-        staging = target.with_name(target.name + ".restoring")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for name in ROW_FILES:
-            if (source / name).is_file():
-                shutil.copy2(source / name, staging / name)
-        (staging / MARKER).write_text(json.dumps({"archive": str(source)}) + "\n")
-        staging.rename(target)
+        _copy_row(source, target, MARKER, {"archive": str(source)})
         restored.append(row)
     return restored
+
+
+def _copy_row(source: Path, target: Path, note_name: str, note: dict[str, str]) -> None:
+    """``target`` := ROW_FILES of ``source`` + ``note`` as JSON in ``note_name``; assembled in a
+    sibling folder and renamed, so an interruption leaves no half-copied row."""
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ROW_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+    (staging / note_name).write_text(json.dumps(note, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)

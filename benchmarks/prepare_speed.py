@@ -78,7 +78,8 @@ def make_synthetic(folder: Path, n_inter: int, seed: int = 0) -> int:
 def child(args: argparse.Namespace) -> None:
     """Run one prepare in this (fresh) process and print its timing and peak RSS as JSON."""
     sys.path.insert(0, str(REPO))
-    from mscg_lightning.data.prepare import PrepareConfig, prepare
+    from mscg_lightning.data.prepare import prepare
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
     cfg = PrepareConfig(**json.loads(args.child))
     out = Path(tempfile.mkdtemp(prefix="prep_bench_"))

@@ -30,7 +30,8 @@ from jsonargparse import Namespace  # noqa: E402
 
 from mscg_lightning.artifacts import Manifest, atomic_artifact, stable_hash  # noqa: E402
 from mscg_lightning.config import stage_parser  # noqa: E402
-from mscg_lightning.data.prepare import config_for, prepare  # noqa: E402
+from mscg_lightning.data.prepare import prepare  # noqa: E402
+from mscg_lightning.data.prepare_config import config_for  # noqa: E402
 from mscg_lightning.pipeline import StageContext, run_stage  # noqa: E402
 
 DATASETS = {

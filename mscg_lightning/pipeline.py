@@ -204,7 +204,7 @@ def config_hash_of(config: Namespace, name: str) -> str:
     if kind == "prepare" and isinstance(section, dict) and section.get("given_embeddings"):
         # given embedding files replaced in place must rerun prepare (raw data is not hashed)
         from mscg_lightning.data import given_embeddings
-        from mscg_lightning.data.prepare import PrepareConfig, resolve_folder
+        from mscg_lightning.data.prepare_config import PrepareConfig, resolve_folder
 
         folder = resolve_folder(section_as(section, PrepareConfig), Path(config.data_root))
         key["given_files"] = given_embeddings.fingerprints(section["given_embeddings"], folder)

@@ -126,7 +126,7 @@ def get(name: str) -> StageKind:
 
 
 def _prepare_section() -> type:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
     return PrepareConfig
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mscg_lightning.data.prepare import PrepareConfig
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.data.recbole_wheel import MEMBER_DIR, WHEEL_NAME
 
 LAYOUTS = (
@@ -99,7 +99,7 @@ def fixture_truth(
     return FixtureTruth(sequences, times, n_items, dup_of, no_image, candidates[:placeholders])
 
 
-def _title(i: int) -> str:
+def item_title(i: int) -> str:
     return f"Item {i} {WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]}"
 
 
@@ -122,7 +122,7 @@ def placeholder_bytes() -> bytes:
     return buf.getvalue()
 
 
-def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int) -> None:
+def write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int) -> None:
     """`<name>.jpg` per item (every third one `.png`), duplicates copied byte for byte,
     placeholder items given `placeholder_bytes()`."""
     rng = np.random.default_rng(seed + 1)
@@ -146,7 +146,7 @@ def _write_images(folder: Path, names: list[str], truth: FixtureTruth, seed: int
         (folder / f"{name}{ext}").write_bytes(payload)
 
 
-def _flat(truth: FixtureTruth) -> list[tuple[int, int, int]]:
+def flat_interactions(truth: FixtureTruth) -> list[tuple[int, int, int]]:
     return [
         (u, it, t)
         for u, (s, ts) in enumerate(zip(truth.sequences, truth.times))
@@ -155,7 +155,7 @@ def _flat(truth: FixtureTruth) -> list[tuple[int, int, int]]:
 
 
 def _write_recbole(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> None:
-    rows = _flat(truth)
+    rows = flat_interactions(truth)
     order = np.random.default_rng(seed + 2).permutation(len(rows))  # files are not sorted
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{stem}.inter", "w", encoding="utf-8") as f:
@@ -167,7 +167,7 @@ def _write_recbole(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> N
         f.write("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n")
         for i in range(truth.n_items):
             genres = f"{WORDS[i % 10].title()} {WORDS[(i + 3) % 10].title()}"
-            f.write(f'{i + 1}\t{_title(i)} "quoted"\t{1990 + i % 10}\t{genres}\n')
+            f.write(f'{i + 1}\t{item_title(i)} "quoted"\t{1990 + i % 10}\t{genres}\n')
 
 
 def _write_wheel(folder: Path, truth: FixtureTruth, seed: int) -> None:
@@ -191,7 +191,7 @@ def _write_amazon2014(folder: Path, stem: str, truth: FixtureTruth) -> None:
     with open(folder / "items_joined.tsv", "w", encoding="utf-8") as f:
         f.write("item_id\tasin\ttitle\tattributes_freq_ge5\n")
         for i in range(truth.n_items):
-            title = "" if i % 11 == 3 else _title(i)  # a few empty titles, attributes remain
+            title = "" if i % 11 == 3 else item_title(i)  # a few empty titles, attributes remain
             f.write(f"{i + 1}\t{_asin(i)}\t{title}\tBrand{i % 4}|Beauty|{WORDS[i % 10]}\n")
     codes = {
         str(i): [f"<a_{i % 7}>", f"<b_{i % 5}>", f"<c_{i % 3}>", f"<d_{i}>"]
@@ -218,7 +218,7 @@ def _write_amazon2018(folder: Path, stem: str, truth: FixtureTruth) -> None:
             row = {
                 "asin": _asin(i),
                 "item_id": i,
-                "title": _title(i),
+                "title": item_title(i),
                 "brand": "" if i % 6 == 1 else f"Brand{i % 4}",
                 "categories": f"Musical Instruments,{WORDS[i % 10].title()}",
             }
@@ -245,7 +245,7 @@ def _write_unisrec(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> N
     with open(folder / f"{stem}.text", "w", encoding="utf-8") as f:
         f.write("item_id:token\ttext:token_seq\n")
         for i in range(truth.n_items):
-            f.write(f"{_asin(i)}\t{_title(i)}. Industrial & Scientific. Brand{i % 4}. \n")
+            f.write(f"{_asin(i)}\t{item_title(i)}. Industrial & Scientific. Brand{i % 4}. \n")
     rng = np.random.default_rng(seed + 3)
     for suffix in ("feat1CLS", "feat3CLS"):
         rng.standard_normal((truth.n_items, 8)).astype(np.float32).tofile(
@@ -255,7 +255,7 @@ def _write_unisrec(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> N
 
 def _write_amazon2023(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    rows = _flat(truth)
+    rows = flat_interactions(truth)
     order = np.random.default_rng(seed + 4).permutation(len(rows))
     with gzip.open(folder / f"{stem}.jsonl.gz", "wt", encoding="utf-8") as f:
         for k in order:
@@ -283,7 +283,7 @@ def _write_amazon2023(folder: Path, stem: str, truth: FixtureTruth, seed: int) -
                 json.dumps(
                     {
                         "main_category": "All Beauty",
-                        "title": _title(i),
+                        "title": item_title(i),
                         "average_rating": 4.5,
                         "rating_number": 10,
                         "features": [] if i % 4 == 0 else [f"feature {i}", "shiny"],
@@ -299,11 +299,11 @@ def _write_amazon2023(folder: Path, stem: str, truth: FixtureTruth, seed: int) -
                 )
                 + "\n"
             )
-    _write_images(folder / "images", [_asin(i) for i in range(truth.n_items)], truth, seed)
+    write_images(folder / "images", [_asin(i) for i in range(truth.n_items)], truth, seed)
 
 
 def _write_pixelrec(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> None:
-    rows = _flat(truth)
+    rows = flat_interactions(truth)
     order = np.random.default_rng(seed + 5).permutation(len(rows))
     (folder / "interactions").mkdir(parents=True, exist_ok=True)
     (folder / "item_info").mkdir(exist_ok=True)
@@ -318,8 +318,8 @@ def _write_pixelrec(folder: Path, stem: str, truth: FixtureTruth, seed: int) -> 
         w.writerow(["item_id", "view_number", "comment_number", "title", "tag", "description"])
         for i in range(truth.n_items):
             desc = "" if i % 3 == 0 else f'A "cover", with commas, {WORDS[i % 10]}'
-            w.writerow([f"i{i}", 100 + i, i, _title(i), WORDS[(i + 1) % 10], desc])
-    _write_images(folder / "cover", [f"i{i}" for i in range(truth.n_items)], truth, seed)
+            w.writerow([f"i{i}", 100 + i, i, item_title(i), WORDS[(i + 1) % 10], desc])
+    write_images(folder / "cover", [f"i{i}" for i in range(truth.n_items)], truth, seed)
 
 
 def make_fixture(
@@ -366,71 +366,3 @@ def fixture_config(layout: str, path: Path, **overrides: object) -> PrepareConfi
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
-
-
-def make_interactions_fixture(
-    root: Path, fmt: str = "csv", items: bool = True, seed: int = 0, images: bool = True
-) -> Path:
-    """The `interactions` layout in miniature under `root/interactions-<fmt>/`; returns it.
-
-    `interactions.<fmt>` (columns user_id, item_id, timestamp: ISO 8601 date-times in csv/tsv,
-    epoch seconds otherwise; rows shuffled), and with `items` an `items.<fmt>` (item_id, title,
-    image: a path relative to the folder, every 5th item without one; image files in `img/`).
-    `fmt`: csv, tsv, parquet, jsonl or csv.gz. Ground truth: `fixture_truth(seed)`, users `u<k>`,
-    items `i<k>`.
-    """
-    import datetime as dt
-
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    truth = fixture_truth(seed)
-    folder = Path(root) / f"interactions-{fmt.replace('.', '-')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = _flat(truth)
-    order = np.random.default_rng(seed + 6).permutation(len(rows))
-    iso = fmt.split(".")[0] in ("csv", "tsv")
-    stamp = [
-        dt.datetime.fromtimestamp(rows[k][2], dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        if iso
-        else rows[k][2]
-        for k in order
-    ]
-    inter = pa.table(
-        {
-            "user_id": [f"u{rows[k][0]}" for k in order],
-            "item_id": [f"i{rows[k][1]}" for k in order],
-            "timestamp": stamp,
-        }
-    )
-    tables = {"interactions": inter}
-    if items:
-        names = [f"i{i}" for i in range(truth.n_items)]
-        if images:
-            _write_images(folder / "img", names, truth, seed)
-        found = {p.stem: f"img/{p.name}" for p in (folder / "img").glob("*")} if images else {}
-        tables["items"] = pa.table(
-            {
-                "item_id": names,
-                "title": [_title(i) for i in range(truth.n_items)],
-                "image": [None if i % 5 == 4 else found.get(n) for i, n in enumerate(names)],
-            }
-        )
-    for name, table in tables.items():
-        path = folder / f"{name}.{fmt}"
-        if fmt == "parquet":
-            pq.write_table(table, path)
-        elif fmt == "jsonl":
-            path.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
-        else:
-            sep = "\t" if fmt == "tsv" else ","
-            # pyarrow quotes header names whatever the style: write the header line by hand
-            style = "none" if fmt == "tsv" else "needed"
-            opts = pcsv.WriteOptions(include_header=False, delimiter=sep, quoting_style=style)
-            head = (sep.join(table.column_names) + "\n").encode()
-            gz = fmt.endswith(".gz")
-            with pa.CompressedOutputStream(str(path), "gzip") if gz else open(path, "wb") as f:
-                f.write(head)
-                pcsv.write_csv(table, f, opts)
-    return folder

@@ -47,7 +47,7 @@ from mscg_lightning.data.adapters import (
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 @dataclass

@@ -8,7 +8,8 @@ from mscg_lightning.pipeline import StageContext
 
 def run(ctx: StageContext) -> Manifest | None:
     from mscg_lightning.data import fingerprints, validate
-    from mscg_lightning.data.prepare import PrepareConfig, prepare, resolve_folder
+    from mscg_lightning.data.prepare import prepare
+    from mscg_lightning.data.prepare_config import PrepareConfig, resolve_folder
 
     if ctx.out_dir is None:  # only rank 0 prepares
         return None

@@ -23,7 +23,7 @@ from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
     from mscg_lightning.data.adapters import RawData
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 #: Layouts whose adapter reads ``prepare.given_codes`` (others would silently ignore it).
 GIVEN_CODES_LAYOUTS = ("amazon2014", "amazon2018")
@@ -324,7 +324,7 @@ def check_prepare_section(section: object) -> None:
     """``PrepareConfig.validate`` of one prepare instance's section (a parsed chain config's
     mapping), so that a bad prepare setting fails before any stage runs (also when prepare
     itself is up to date)."""
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
     from mscg_lightning.pipeline import section_as
 
     if section is None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mscg_lightning.artifacts import atomic_artifact
-from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.errors import MscgError
 
 

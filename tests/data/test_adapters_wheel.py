@@ -13,7 +13,8 @@ import pytest
 from mscg_lightning.artifacts import atomic_artifact, read_manifest
 from mscg_lightning.data import recbole_wheel
 from mscg_lightning.data.fixtures import make_fixture
-from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.errors import MscgError
 
 

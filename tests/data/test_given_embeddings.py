@@ -22,7 +22,8 @@ from mscg_lightning.data.given_embeddings import (
     join_embeddings,
     read_embedding_file,
 )
-from mscg_lightning.data.prepare import config_for, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import config_for
 from mscg_lightning.errors import MscgError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mscg_lightning.artifacts import atomic_artifact, read_manifest, read_table
-from mscg_lightning.data.fixtures import fixture_truth, make_interactions_fixture
+from mscg_lightning.data.fixtures import fixture_truth
+from mscg_lightning.data.fixtures_interactions import make_interactions_fixture
 from mscg_lightning.data.interactions import InteractionColumns, to_seconds
-from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.data.tables import table_format
 from mscg_lightning.errors import MscgError
 

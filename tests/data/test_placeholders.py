@@ -17,7 +17,8 @@ from mscg_lightning.data.fixtures import (
     placeholder_bytes,
 )
 from mscg_lightning.data.placeholders import find_placeholders, representatives
-from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.errors import MscgError
 
 N_PLACEHOLDERS = 5

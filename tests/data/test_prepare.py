@@ -18,7 +18,8 @@ from mscg_lightning.data.fixtures import (
     fixture_truth,
     make_fixture,
 )
-from mscg_lightning.data.prepare import PrepareConfig, prepare
+from mscg_lightning.data.prepare import prepare
+from mscg_lightning.data.prepare_config import PrepareConfig
 from mscg_lightning.data.split import chronological_order, kcore_mask, leave_one_out
 from mscg_lightning.errors import MscgError
 
@@ -305,7 +306,7 @@ def test_real_data_counts(adapter: str, folder: str, counts: tuple, tmp_path: Pa
 
 
 def test_config_for_and_validation() -> None:
-    from mscg_lightning.data.prepare import config_for
+    from mscg_lightning.data.prepare_config import config_for
 
     cfg = config_for("recbole", Path("/data/x"), max_history=7)
     assert (cfg.adapter, cfg.path, cfg.max_history, cfg.k_core) == ("recbole", "/data/x", 7, 5)

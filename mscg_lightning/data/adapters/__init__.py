@@ -63,7 +63,7 @@ from mscg_lightning.data.adapters.recbole import (
 from mscg_lightning.data.adapters.unisrec import read_unisrec
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 __all__ = [
     "ADAPTERS",

@@ -36,7 +36,7 @@ from mscg_lightning.data.adapters.files import (
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from mscg_lightning.data.adapters.common import RawData
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 def read_interactions(cfg: PrepareConfig, folder: Path) -> RawData:

@@ -21,7 +21,7 @@ from mscg_lightning.data.adapters.files import find_stem, image_column, read_del
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 PIXELREC_TEXT = ("title", "title_en", "tag", "description")

@@ -21,7 +21,7 @@ from mscg_lightning.data.adapters.files import _header_names, find_stem, need_fi
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 RECBOLE_RENAMES = {"movie_title": "title", "release_year": "year", "class": "genres"}

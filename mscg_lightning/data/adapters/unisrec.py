@@ -23,7 +23,7 @@ from mscg_lightning.data.adapters.recbole import _recbole_field, _recbole_header
 from mscg_lightning.errors import MscgError
 
 if TYPE_CHECKING:
-    from mscg_lightning.data.prepare import PrepareConfig
+    from mscg_lightning.data.prepare_config import PrepareConfig
 
 
 def read_unisrec(cfg: PrepareConfig, folder: Path) -> RawData:

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig  # noqa: E402
+from mscg_lightning.stages.dino_rq.model import RQDino  # noqa: E402
+from mscg_lightning.stages.dino_rq.model_config import RQDinoConfig  # noqa: E402
 
 TINY_VIT = {
     "hidden_size": 32,

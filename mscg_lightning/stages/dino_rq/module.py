@@ -26,7 +26,8 @@ from torch import Tensor
 
 from mscg_lightning.errors import MscgError
 from mscg_lightning.stages.dino_rq.losses import Centering
-from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig
+from mscg_lightning.stages.dino_rq.model import RQDino
+from mscg_lightning.stages.dino_rq.model_config import RQDinoConfig
 from mscg_lightning.stages.dino_rq.schedules import (
     cosine_schedule,
     scaled_learning_rate,

@@ -8,7 +8,8 @@ from PIL import Image
 
 from mscg_lightning.stages.dino_rq.crops import MultiCropAugmentation, collate_multicrop
 from mscg_lightning.stages.dino_rq.data import ImageDataModule
-from mscg_lightning.stages.dino_rq.model import RQDino, RQDinoConfig
+from mscg_lightning.stages.dino_rq.model import RQDino
+from mscg_lightning.stages.dino_rq.model_config import RQDinoConfig
 from mscg_lightning.stages.dino_rq.module import RQDinoModule
 
 TINY_VIT = {

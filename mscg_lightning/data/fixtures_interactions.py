@@ -6,10 +6,14 @@ csv.gz tables.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from mscg_lightning.data.fixtures import fixture_truth, flat_interactions, item_title, write_images
 
@@ -25,12 +29,6 @@ def make_interactions_fixture(
     `fmt`: csv, tsv, parquet, jsonl or csv.gz. Ground truth: `fixture_truth(seed)`, users `u<k>`,
     items `i<k>`.
     """
-    import datetime as dt
-
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
     truth = fixture_truth(seed)
     folder = Path(root) / f"interactions-{fmt.replace('.', '-')}"
     folder.mkdir(parents=True, exist_ok=True)
